@@ -264,7 +264,7 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
         Ok(router) => Some(router),
         Err(errs) => {
             errors.extend(errs.into_iter().map(|e| {
-                ConfigError::new(e.field.to_string(), e.message)
+                ConfigError::new(format!("{}{}", e.field, e.path), e.message)
                     .in_resource(spec_origin[e.index].clone())
             }));
             None

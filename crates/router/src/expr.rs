@@ -220,9 +220,9 @@ const OPERATORS: &[&str] = &[
 impl Expr {
     /// Compiles a `vars` value. Errors name the position relative to `value`.
     pub fn compile(value: &Value) -> Result<Expr, ExprError> {
-        let items = value
-            .as_array()
-            .ok_or_else(|| ExprError::new("", format!("must be an array, found {}", kind(value))))?;
+        let items = value.as_array().ok_or_else(|| {
+            ExprError::new("", format!("must be an array, found {}", kind(value)))
+        })?;
         let Some(first) = items.first() else {
             return Ok(Expr { root: None });
         };
@@ -396,7 +396,11 @@ fn compile_node(items: &[Value], path: &mut String) -> Result<Node, ExprError> {
     }
 }
 
-fn compile_operands(items: &[Value], offset: usize, path: &mut String) -> Result<Vec<Node>, ExprError> {
+fn compile_operands(
+    items: &[Value],
+    offset: usize,
+    path: &mut String,
+) -> Result<Vec<Node>, ExprError> {
     items
         .iter()
         .enumerate()
@@ -421,7 +425,10 @@ fn compile_condition(items: &[Value], path: &mut String) -> Result<Condition, Ex
         Value::String(_) => return Err(at(path, 0, |p| ExprError::new(p, "empty variable name"))),
         other => {
             return Err(at(path, 0, |p| {
-                ExprError::new(p, format!("variable name must be a string, found {}", kind(other)))
+                ExprError::new(
+                    p,
+                    format!("variable name must be a string, found {}", kind(other)),
+                )
             }))
         }
     };
@@ -470,13 +477,19 @@ fn compile_condition(items: &[Value], path: &mut String) -> Result<Condition, Ex
         Value::String(s) => s.as_str(),
         other => {
             return Err(at(path, op_index, |p| {
-                ExprError::new(p, format!("operator must be a string, found {}", kind(other)))
+                ExprError::new(
+                    p,
+                    format!("operator must be a string, found {}", kind(other)),
+                )
             }))
         }
     };
     if op == "!" {
         return Err(at(path, op_index, |p| {
-            ExprError::new(p, "\"!\" must be followed by an operator and a value: [var, \"!\", op, value]")
+            ExprError::new(
+                p,
+                "\"!\" must be followed by an operator and a value: [var, \"!\", op, value]",
+            )
         }));
     }
     let value = &items[op_index + 1];
@@ -544,7 +557,10 @@ fn number(value: &Value, op: &str, path: &str) -> Result<f64, ExprError> {
         _ => None,
     };
     parsed.ok_or_else(|| {
-        ExprError::new(path, format!("\"{op}\" compares numbers; {value} is not a number"))
+        ExprError::new(
+            path,
+            format!("\"{op}\" compares numbers; {value} is not a number"),
+        )
     })
 }
 
@@ -552,7 +568,10 @@ fn regex(value: &Value, case_insensitive: bool, path: &str) -> Result<Regex, Exp
     let Value::String(pattern) = value else {
         return Err(ExprError::new(
             path,
-            format!("expected a regular expression string, found {}", kind(value)),
+            format!(
+                "expected a regular expression string, found {}",
+                kind(value)
+            ),
         ));
     };
     RegexBuilder::new(pattern)
@@ -589,7 +608,10 @@ fn networks(value: &Value, path: &mut String) -> Result<Vec<IpNet>, ExprError> {
         let Value::String(s) = value else {
             return Err(ExprError::new(
                 path,
-                format!("expected an IP address or CIDR string, found {}", kind(value)),
+                format!(
+                    "expected an IP address or CIDR string, found {}",
+                    kind(value)
+                ),
             ));
         };
         s.parse::<IpNet>()

@@ -44,14 +44,18 @@ impl HostPattern {
             return Err(refuse("empty host"));
         }
         if name == "*" {
-            return Err(refuse("a bare \"*\" would match every host; leave hosts empty instead"));
+            return Err(refuse(
+                "a bare \"*\" would match every host; leave hosts empty instead",
+            ));
         }
         let (wildcard, rest) = match name.strip_prefix("*.") {
             Some(rest) => (true, rest),
             None => (false, name),
         };
         if rest.contains('*') {
-            return Err(refuse("\"*\" is only allowed as the whole first label, as in *.example.com"));
+            return Err(refuse(
+                "\"*\" is only allowed as the whole first label, as in *.example.com",
+            ));
         }
         if rest.starts_with('[') {
             if wildcard {

@@ -105,7 +105,10 @@ impl<'a> RouteMatch<'a> {
     }
 
     pub fn param(&self, name: &str) -> Option<&'a str> {
-        self.params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        self.params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -170,7 +173,10 @@ impl Route {
                     .host
                     .is_some_and(|host| self.hosts.iter().any(|p| p.matches(host))))
             && (self.remote_addrs.is_empty() || ip_in_nets(&self.remote_addrs, input.remote_addr))
-            && self.vars.as_ref().map_or(true, |vars| vars.eval(input.vars))
+            && self
+                .vars
+                .as_ref()
+                .map_or(true, |vars| vars.eval(input.vars))
     }
 }
 

@@ -66,14 +66,21 @@ fn malformed_patterns_are_refused() {
         "[nope]",
         "*.[::1]",
     ] {
-        assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be refused");
+        assert!(
+            HostPattern::parse(bad).is_err(),
+            "{bad:?} should be refused"
+        );
     }
 }
 
 #[test]
 fn error_names_the_pattern() {
     let e = HostPattern::parse("a.*.com").unwrap_err();
-    assert!(e.to_string().starts_with("invalid host pattern \"a.*.com\": "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("invalid host pattern \"a.*.com\": "),
+        "{e}"
+    );
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! Each node branches on the next path segment: a literal child looked up by the segment's
 //! text, one shared child for any `:name` (names live with the route entry, so
 //! `/u/:id` and `/u/:uid` share a node), and routes that end at the node or catch all of
-//! the rest below it. A request visits at most two children per segment, so the cost
-//! follows the path's depth and the shape of the patterns, not the number of routes.
+//! the rest below it. A request follows at most two children per segment (its literal
+//! and the parameter), so the cost follows the path's depth and the shape of the patterns,
+//! not the number of routes; only patterns that offer both a literal and a parameter at
+//! many consecutive levels make the walk branch much.
 
 use std::collections::HashMap;
 

@@ -48,7 +48,11 @@ impl PrefixTrie {
         while let Some((id, up)) = stack.pop() {
             let node = &mut self.nodes[id as usize];
             node.up = up;
-            let below = if node.entries.is_empty() { up } else { Some(id) };
+            let below = if node.entries.is_empty() {
+                up
+            } else {
+                Some(id)
+            };
             stack.extend(node.children.iter().map(|&(_, child)| (child, below)));
         }
     }

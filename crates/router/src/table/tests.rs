@@ -90,12 +90,18 @@ struct Found {
 
 impl Found {
     fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -222,7 +228,10 @@ fn parameter_route_reports_its_pattern_and_named_params() {
 #[test]
 fn named_trailing_wildcard_captures_the_rest_of_the_path() {
     let r = router(vec![uris(&["/files/*path"])]);
-    assert_eq!(get("/files/a/b.txt").found(&r).unwrap().param("path"), Some("a/b.txt"));
+    assert_eq!(
+        get("/files/a/b.txt").found(&r).unwrap().param("path"),
+        Some("a/b.txt")
+    );
     assert_eq!(get("/files/").found(&r).unwrap().param("path"), Some(""));
     assert_eq!(get("/files").find(&r), None);
 }
@@ -311,7 +320,10 @@ fn host_specific_route_falls_back_to_a_hostless_one() {
 #[test]
 fn remote_addr_filter_admits_only_listed_networks() {
     let mut spec = uris(&["/r"]);
-    spec.remote_addrs = vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+    spec.remote_addrs = vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ];
     let r = router(vec![spec]);
     assert_eq!(get("/r").from("10.2.3.4").find(&r), Some(0));
     assert_eq!(get("/r").from("2001:db8::1").find(&r), Some(0));
@@ -339,7 +351,13 @@ fn every_filter_must_agree() {
         priority: 0,
     };
     let r = router(vec![spec]);
-    let ok = || get("/all").method(Method::PUT).host("a.com").from("10.0.0.1").var("http_x", "1");
+    let ok = || {
+        get("/all")
+            .method(Method::PUT)
+            .host("a.com")
+            .from("10.0.0.1")
+            .var("http_x", "1")
+    };
     assert_eq!(ok().find(&r), Some(0));
     assert_eq!(ok().method(Method::GET).find(&r), None);
     assert_eq!(ok().host("b.com").find(&r), None);
@@ -369,11 +387,22 @@ fn bad_fields_are_all_reported_with_route_index_and_position() {
     ])
     .unwrap_err();
     assert_eq!(errors.len(), 3);
-    assert_eq!((errors[0].index, errors[0].field, errors[0].path.as_str()), (1, "uris", "[1]"));
-    assert_eq!((errors[1].index, errors[1].field, errors[1].path.as_str()), (2, "hosts", "[1]"));
-    assert_eq!((errors[2].index, errors[2].field, errors[2].path.as_str()), (3, "vars", "[1][1]"));
+    assert_eq!(
+        (errors[0].index, errors[0].field, errors[0].path.as_str()),
+        (1, "uris", "[1]")
+    );
+    assert_eq!(
+        (errors[1].index, errors[1].field, errors[1].path.as_str()),
+        (2, "hosts", "[1]")
+    );
+    assert_eq!(
+        (errors[2].index, errors[2].field, errors[2].path.as_str()),
+        (3, "vars", "[1][1]")
+    );
     assert!(
-        errors[2].to_string().starts_with("vars[1][1]: unknown operator \"=~~\""),
+        errors[2]
+            .to_string()
+            .starts_with("vars[1][1]: unknown operator \"=~~\""),
         "{}",
         errors[2]
     );

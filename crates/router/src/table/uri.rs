@@ -48,14 +48,19 @@ pub(crate) fn parse(uri: &str) -> Result<UriPattern, String> {
     for (i, seg) in raw.iter().enumerate() {
         if let Some(name) = seg.strip_prefix(':') {
             check_name(uri, name)?;
-            if segments.iter().any(|s| matches!(s, Segment::Param(n) if **n == *name)) {
+            if segments
+                .iter()
+                .any(|s| matches!(s, Segment::Param(n) if **n == *name))
+            {
                 return Err(format!("\"{uri}\" names the parameter \"{name}\" twice"));
             }
             first_param_at.get_or_insert(offset);
             segments.push(Segment::Param(name.into()));
         } else if let Some(star) = seg.find('*') {
             if i != last {
-                return Err(format!("\"{uri}\": '*' is only allowed in the last segment"));
+                return Err(format!(
+                    "\"{uri}\": '*' is only allowed in the last segment"
+                ));
             }
             if star == 0 {
                 let name = &seg[1..];
@@ -78,7 +83,10 @@ pub(crate) fn parse(uri: &str) -> Result<UriPattern, String> {
         offset += seg.len() + 1;
     }
     if let Some(Some(name)) = &catch_all {
-        if segments.iter().any(|s| matches!(s, Segment::Param(n) if n == name)) {
+        if segments
+            .iter()
+            .any(|s| matches!(s, Segment::Param(n) if n == name))
+        {
             return Err(format!("\"{uri}\" names the parameter \"{name}\" twice"));
         }
     }
