@@ -86,6 +86,14 @@ impl Live {
         snapshot::build(raw, &self.runtime).map(|_| ())
     }
 
+    /// Note a refusal found before `apply` could run (the file did not
+    /// even parse), so /readyz reports it like any other.
+    pub fn record_refusal(&self, errors: Vec<String>) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_error = Some(errors);
+        status.refused_total += 1;
+    }
+
     pub fn status(&self) -> ReloadStatus {
         self.status
             .lock()

@@ -1,0 +1,71 @@
+//! The `portcullis` binary: command line, wiring, signals — nothing else.
+
+mod demo;
+mod serve;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An API security gateway that speaks APISIX's resource model")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file (YAML): a `gateway:` section and APISIX resources.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file; list every error with its field path.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the gateway on an example config in front of a built-in demo
+    /// upstream, and print requests to try.
+    Demo {
+        /// Data plane port.
+        #[arg(long, default_value_t = 9080)]
+        port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve::run(&config),
+        Command::Validate { config } => return validate(&config),
+        Command::Demo { port } => demo::run(port),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match serve::load_and_check(path) {
+        Ok(summary) => {
+            println!("{}: valid ({summary})", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            for e in errors {
+                eprintln!("  {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! `portcullis serve`: load the config, start the data plane workers, the
+//! operations listener and the config source, and stop cleanly on SIGTERM.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use portcullis_config::file::ConfigFile;
+use portcullis_config::{ConfigSource, Live};
+use portcullis_core::ConfigError;
+use portcullis_proxy::access_log::AccessLog;
+use portcullis_proxy::{spawn_workers, DataPlane, Shutdown};
+
+/// Read and validate a config file as `serve` would; the summary names what
+/// it holds.
+pub fn load_and_check(path: &Path) -> Result<String, Vec<ConfigError>> {
+    let file = portcullis_config::file::read(path)?;
+    let live = Live::default();
+    let n = file.resources.len();
+    live.check(file.resources)?;
+    Ok(format!("{n} resources"))
+}
+
+pub fn source_of(file: &ConfigFile) -> ConfigSource {
+    file.gateway.config_source.unwrap_or(if file.has_resource_sections {
+        ConfigSource::File
+    } else {
+        ConfigSource::Store
+    })
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .json()
+        .try_init();
+}
+
+pub fn init_logging_for_demo() {
+    init_logging("warn");
+}
+
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let file = portcullis_config::file::read(path).map_err(|errors| {
+        anyhow::anyhow!(
+            "invalid config {}:\n  {}",
+            path.display(),
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
+        )
+    })?;
+    init_logging(&file.gateway.log_level);
+    run_loaded(file, Some(path.to_path_buf()))
+}
+
+pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let source = source_of(&file);
+    let live = Live::new();
+    match source {
+        ConfigSource::File => {
+            live.apply(file.resources.clone()).map_err(|errors| {
+                anyhow::anyhow!(
+                    "invalid resources:\n  {}",
+                    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
+                )
+            })?;
+        }
+        ConfigSource::Store => {
+            // The embedded store is wired in by the Admin API work; until it
+            // is, the gateway starts empty and serves 404.
+            live.apply(Default::default())
+                .map_err(|_| anyhow::anyhow!("empty config refused"))?;
+        }
+        ConfigSource::Etcd => anyhow::bail!("config_source: etcd is not supported yet"),
+    }
+
+    let settings = file.gateway.clone();
+    let workers = if settings.workers == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        settings.workers
+    };
+    let access_log = AccessLog::open(&settings.access_log).with_context(|| format!("cannot open access log {}", settings.access_log))?;
+    let dp = Arc::new(DataPlane {
+        live: live.clone(),
+        settings: settings.clone(),
+        access_log,
+    });
+    let shutdown = Shutdown::default();
+    let handles = spawn_workers(dp, workers, shutdown.clone())?;
+    tracing::info!(listen = ?settings.listen, workers, source = ?source, "portcullis serving");
+
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("control runtime")?;
+    control.block_on(async {
+        let ops = tokio::net::TcpListener::bind(settings.metrics.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.metrics.listen))?;
+        tokio::spawn(portcullis_proxy::ops::serve(ops, live.clone()));
+        if let (ConfigSource::File, Some(path)) = (source, path.as_ref()) {
+            tokio::spawn(crate::watch::watch_file(path.clone(), live.clone()));
+        }
+        wait_for_signals(path.as_deref(), source, &live).await;
+        anyhow::Ok(())
+    })?;
+
+    tracing::info!("draining");
+    shutdown.trigger();
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP reloads the file; SIGTERM and SIGINT return, to drain and exit.
+async fn wait_for_signals(path: Option<&Path>, source: ConfigSource, live: &Arc<Live>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                if let (ConfigSource::File, Some(path)) = (source, path) {
+                    crate::watch::reload(path, live);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

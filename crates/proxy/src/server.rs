@@ -1,0 +1,484 @@
+//! Worker threads, listeners, connections, and the request handler that
+//! ties routing, the phases and forwarding together.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portcullis_config::{CompiledRoute, GatewaySettings, Live};
+use portcullis_core::{Phase, Rejection, RequestState};
+use portcullis_router::MatchInput;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::access_log::AccessLog;
+use crate::body::{ReqBody, RespBody};
+use crate::forward::{forward, UpstreamOutcome};
+use crate::headers::{set_forwarded, strip_hop_by_hop, Forwarded};
+use crate::listener::bind_reuseport;
+
+/// Everything a worker needs, shared by all workers.
+pub struct DataPlane {
+    pub live: Arc<Live>,
+    pub settings: GatewaySettings,
+    pub access_log: AccessLog,
+}
+
+/// Tells workers to stop accepting and drain, and counts what is in flight.
+#[derive(Clone)]
+pub struct Shutdown {
+    tx: Arc<tokio::sync::watch::Sender<bool>>,
+    active_connections: Arc<AtomicUsize>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            tx: Arc::new(tokio::sync::watch::channel(false).0),
+            active_connections: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn active_connections(&self) -> usize {
+        self.active_connections.load(Ordering::Relaxed)
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+}
+
+/// Start `workers` threads, each with a current-thread runtime and its own
+/// SO_REUSEPORT socket on every listen address. Binding happens here, so a
+/// port in use is reported before anything runs.
+pub fn spawn_workers(dp: Arc<DataPlane>, workers: usize, shutdown: Shutdown) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for worker in 0..workers.max(1) {
+        let listeners = dp
+            .settings
+            .listen
+            .iter()
+            .map(|addr| bind_reuseport(*addr).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let dp = dp.clone();
+        let shutdown = shutdown.clone();
+        handles.push(std::thread::Builder::new().name(format!("worker-{worker}")).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("worker runtime");
+            rt.block_on(run_worker(dp, listeners, shutdown));
+        })?);
+    }
+    Ok(handles)
+}
+
+async fn run_worker(dp: Arc<DataPlane>, listeners: Vec<std::net::TcpListener>, shutdown: Shutdown) {
+    let mut tasks = Vec::new();
+    for l in listeners {
+        let listener = match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot register listener");
+                continue;
+            }
+        };
+        tasks.push(tokio::spawn(accept_loop(dp.clone(), listener, shutdown.clone())));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Listeners are closed; wait for this worker's connections to finish,
+    // within the drain bound.
+    let deadline = Instant::now() + Duration::from_secs_f64(dp.settings.http.drain_timeout.max(0.0));
+    while shutdown.active_connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn accept_loop(dp: Arc<DataPlane>, listener: tokio::net::TcpListener, shutdown: Shutdown) {
+    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut stop = shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let dp = dp.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(serve_connection(dp, stream, peer, local_port, shutdown));
+    }
+}
+
+/// A TCP stream shared between hyper and this module, so that when hyper
+/// gives up on a slow client's headers we can still tell it why (408).
+#[derive(Clone)]
+struct SharedStream(Arc<TcpStream>);
+
+impl AsyncRead for SharedStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match self.0.try_read(unfilled) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(data) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let sock = socket2::SockRef::from(self.0.as_ref());
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        Poll::Ready(Ok(()))
+    }
+}
+
+struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection(dp: Arc<DataPlane>, stream: TcpStream, peer: SocketAddr, local_port: u16, shutdown: Shutdown) {
+    shutdown.active_connections.fetch_add(1, Ordering::Relaxed);
+    let _guard = ConnectionGuard(shutdown.active_connections.clone());
+    let stream = SharedStream(Arc::new(stream));
+    let limits = &dp.settings.http;
+
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs_f64(limits.header_read_timeout.max(0.001)))
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+
+    let svc_dp = dp.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let dp = svc_dp.clone();
+        async move { Ok::<_, Infallible>(handle(&dp, req, peer, local_port).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream.clone()), service);
+    tokio::pin!(conn);
+    let mut stop = shutdown.subscribe();
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        let timed_out = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|e| e.is_timeout());
+        if timed_out {
+            let _ = stream
+                .0
+                .try_write(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        }
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+fn not_found() -> Rejection {
+    Rejection::error_msg(StatusCode::NOT_FOUND, "404 Route Not Found")
+}
+
+fn rejection_response(r: Rejection) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::full(r.body));
+    *resp.status_mut() = r.status;
+    for (k, v) in r.headers {
+        resp.headers_mut().append(k, v);
+    }
+    resp
+}
+
+/// What the request handler learned, for the access log.
+struct Trace {
+    started: Instant,
+    route_id: Option<Arc<str>>,
+    upstream: UpstreamOutcome,
+}
+
+async fn handle(dp: &DataPlane, req: Request<Incoming>, peer: SocketAddr, local_port: u16) -> Response<RespBody> {
+    let started = Instant::now();
+    let snapshot = dp.live.load();
+    let (parts, body) = req.into_parts();
+    let mut st = RequestState::new(parts, peer, "http", local_port);
+    let mut trace = Trace {
+        started,
+        route_id: None,
+        upstream: UpstreamOutcome::default(),
+    };
+
+    let found = snapshot
+        .router
+        .find(&MatchInput {
+            method: &st.head.method,
+            host: st.host(),
+            path: st.path(),
+            remote_addr: st.client_ip,
+            vars: &st,
+        })
+        .map(|m| {
+            let params: Vec<(String, String)> = m.params().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            (m.index, params)
+        });
+    let response = match found {
+        None => rejection_response(not_found()),
+        Some((index, params)) => {
+            let route = &snapshot.routes[index];
+            st.route = route.info.clone();
+            st.path_params = params;
+            trace.route_id = Some(route.info.id.clone());
+            let resp = match run_route(dp, route, &mut st, body, &mut trace).await {
+                Ok(resp) => resp,
+                Err(rejection) => rejection_response(rejection),
+            };
+            finish_response(route, &st, resp).await
+        }
+    };
+    let mut response = add_state_headers(&st, response);
+    // The client's protocol version, not the upstream's (which may be 1.0).
+    *response.version_mut() = st.head.version;
+    log_access(dp, &st, &trace, &response);
+    response
+}
+
+/// The phases, the body bound, then the upstream.
+async fn run_route(
+    dp: &DataPlane,
+    route: &CompiledRoute,
+    st: &mut RequestState,
+    body: Incoming,
+    trace: &mut Trace,
+) -> Result<Response<RespBody>, Rejection> {
+    for phase in [Phase::Rewrite, Phase::Authenticate, Phase::Authorize, Phase::Limit] {
+        if let Some(r) = crate::pipeline::run_phase(route, phase, st).await {
+            return Err(r);
+        }
+    }
+    let mut body = Some(body);
+    if let Some(limit) = route.body_limit {
+        st.body = Some(buffer_body(body.take().expect("body present"), &st.head.headers, limit).await?);
+    }
+    for phase in [Phase::Validate, Phase::BeforeProxy] {
+        if let Some(r) = crate::pipeline::run_phase(route, phase, st).await {
+            return Err(r);
+        }
+    }
+
+    let Some(upstream) = route.upstream.as_deref() else {
+        return Err(Rejection::error_msg(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "missing upstream configuration in Route or Service",
+        ));
+    };
+    let websocket = route.enable_websocket && is_websocket_upgrade(&st.head.headers);
+    let client_upgrade = websocket
+        .then(|| st.head.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    prepare_upstream_headers(dp, st, websocket);
+    let req_body = match (st.body.take(), body) {
+        (Some(buffered), _) => ReqBody::Full((!buffered.is_empty()).then_some(buffered)),
+        (None, Some(incoming)) => ReqBody::Streaming(incoming),
+        (None, None) => ReqBody::empty(),
+    };
+    let mut resp = forward(upstream, st, req_body, &mut trace.upstream).await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let (Some(client), Some(upstream_side)) = (client_upgrade, resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()) {
+            tokio::spawn(splice_upgraded(client, upstream_side));
+        }
+        return Ok(resp);
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}
+
+fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Copy bytes both ways between the client and the upstream once both
+/// sides have switched protocols.
+async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else { return };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// Read the body up to `limit`. A declared length above it is refused before
+/// a byte is read; a stream that crosses it is refused when it does.
+async fn buffer_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
+    let too_large = || Rejection::error_msg(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Rejection::error_msg(StatusCode::BAD_REQUEST, "failed to read request body")),
+    }
+}
+
+fn prepare_upstream_headers(dp: &DataPlane, st: &mut RequestState, websocket: bool) {
+    let trust_inbound = dp.settings.trusted_addresses.iter().any(|n| n.contains(&st.peer_addr.ip()));
+    let host = st.host().map(str::to_string);
+    let upgrade = st.head.headers.get(header::UPGRADE).cloned();
+    let headers = &mut st.head.headers;
+    strip_hop_by_hop(headers);
+    // The gateway answered any 100-continue itself; nginx drops it too.
+    headers.remove(header::EXPECT);
+    if websocket {
+        if let Some(u) = upgrade {
+            headers.insert(header::UPGRADE, u);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+    set_forwarded(
+        headers,
+        &Forwarded {
+            client_ip: st.client_ip,
+            scheme: st.scheme,
+            host: host.as_deref(),
+            server_port: st.server_port,
+            trust_inbound,
+        },
+    );
+}
+
+/// Response hooks of the route's plugins; buffered body rewrites when a
+/// plugin asks for them.
+async fn finish_response(route: &CompiledRoute, st: &RequestState, resp: Response<RespBody>) -> Response<RespBody> {
+    if route.plugins.is_empty() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    for plugin in &route.plugins {
+        plugin.on_response(st, &mut parts);
+    }
+    if !route.rewrites_response_body {
+        return Response::from_parts(parts, body);
+    }
+    const MAX_REWRITTEN_BODY: usize = 16 * 1024 * 1024;
+    let mut bytes = match Limited::new(body, MAX_REWRITTEN_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return rejection_response(Rejection::error_msg(StatusCode::BAD_GATEWAY, "upstream response could not be rewritten"));
+        }
+    };
+    for plugin in &route.plugins {
+        if plugin.rewrites_response_body() {
+            bytes = plugin.on_response_body(st, bytes);
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    Response::from_parts(parts, RespBody::full(bytes))
+}
+
+fn add_state_headers(st: &RequestState, mut resp: Response<RespBody>) -> Response<RespBody> {
+    for (k, v) in st.response_headers.iter() {
+        resp.headers_mut().insert(k.clone(), v.clone());
+    }
+    resp
+}
+
+fn log_access(dp: &DataPlane, st: &RequestState, trace: &Trace, resp: &Response<RespBody>) {
+    if !dp.access_log.enabled() {
+        return;
+    }
+    let decisions: Vec<serde_json::Value> = st
+        .decisions
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "plugin": d.plugin,
+                "result": d.outcome.as_str(),
+                "reason": d.reason.as_deref(),
+            })
+        })
+        .collect();
+    let line = serde_json::json!({
+        "time": httpdate::fmt_http_date(std::time::SystemTime::now()),
+        "request_id": st.request_id.as_deref(),
+        "route_id": trace.route_id.as_deref(),
+        "consumer": st.consumer_name(),
+        "client_ip": st.client_ip.to_string(),
+        "method": st.head.method.as_str(),
+        "host": st.host(),
+        // The query string can carry credentials: never logged.
+        "path": st.path(),
+        "status": resp.status().as_u16(),
+        "latency_ms": trace.started.elapsed().as_secs_f64() * 1000.0,
+        "upstream_addr": trace.upstream.addr.as_deref(),
+        "upstream_attempts": trace.upstream.attempts,
+        "upstream_latency_ms": trace.upstream.latency.map(|d| d.as_secs_f64() * 1000.0),
+        "bytes_out": resp.body().size_hint().exact(),
+        "decisions": decisions,
+    });
+    let mut s = line.to_string();
+    s.push('\n');
+    dp.access_log.write(s);
+}
