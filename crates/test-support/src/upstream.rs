@@ -19,6 +19,17 @@ pub struct Seen {
     pub body: Bytes,
 }
 
+/// The number in the path segment after `name`: `/a/sleep/50/b` → 50.
+fn segment_after(path: &str, name: &str) -> Option<u64> {
+    let mut parts = path.split('/');
+    while let Some(p) = parts.next() {
+        if p == name {
+            return parts.next()?.parse().ok();
+        }
+    }
+    None
+}
+
 #[derive(Clone)]
 pub struct RecordingUpstream {
     pub addr: SocketAddr,
@@ -42,6 +53,13 @@ impl RecordingUpstream {
                         let log = log.clone();
                         async move {
                             let (parts, body) = req.into_parts();
+                            // Test conventions in the path: `/sleep/<ms>` waits before
+                            // answering, `/status/<code>` answers with that status.
+                            let path = parts.uri.path().to_string();
+                            if let Some(ms) = segment_after(&path, "sleep") {
+                                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                            }
+                            let status = segment_after(&path, "status").unwrap_or(200) as u16;
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let headers: serde_json::Map<String, serde_json::Value> = parts
                                 .headers
@@ -62,7 +80,9 @@ impl RecordingUpstream {
                             });
                             Ok::<_, Infallible>(
                                 http::Response::builder()
+                                    .status(status)
                                     .header("content-type", "application/json")
+                                    .header("x-upstream-port", addr.port().to_string())
                                     .body(Full::new(Bytes::from(echo.to_string())))
                                     .unwrap(),
                             )
@@ -75,6 +95,10 @@ impl RecordingUpstream {
             }
         });
         RecordingUpstream { addr, seen }
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
     }
 
     pub fn seen(&self) -> Vec<Seen> {
