@@ -28,7 +28,20 @@ pub struct PluginSpec {
 }
 
 /// Every plugin, by name. Keep sorted by name.
-pub static REGISTRY: &[PluginSpec] = &[crate::request_id::SPEC];
+pub static REGISTRY: &[PluginSpec] = &[
+    crate::cors::SPEC,
+    crate::ip_restriction::SPEC,
+    crate::key_auth::SPEC,
+    crate::limit_count::SPEC,
+    crate::limit_req::SPEC,
+    crate::mocking::SPEC,
+    crate::proxy_rewrite::SPEC,
+    crate::real_ip::SPEC,
+    crate::redirect::SPEC,
+    crate::request_id::SPEC,
+    crate::request_validation::SPEC,
+    crate::response_rewrite::SPEC,
+];
 
 pub fn plugin_spec(name: &str) -> Option<&'static PluginSpec> {
     REGISTRY.iter().find(|s| s.name == name)
@@ -51,7 +64,7 @@ pub fn build_plugin(
     ctx: &BuildContext,
 ) -> Result<Option<Arc<dyn Plugin>>, ConfigError> {
     let spec = plugin_spec(name)
-        .ok_or_else(|| ConfigError::new("", format!("unknown plugin [{name}]")))?;
+        .ok_or_else(|| ConfigError::new(name, format!("unknown plugin [{name}]")))?;
     let (conf, meta) = split_meta(conf).map_err(|e| e.under(name))?;
     if meta.disable {
         return Ok(None);

@@ -60,6 +60,9 @@ pub fn run(port: u16) -> anyhow::Result<()> {
     let file = portcullis_config::file::parse(&text).map_err(|errors| {
         anyhow::anyhow!("demo config invalid: {}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
     })?;
+    portcullis_config::Live::default().check(file.resources.clone()).map_err(|errors| {
+        anyhow::anyhow!("demo config invalid: {}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+    })?;
     let base = format!("http://127.0.0.1:{port}");
     eprintln!(
         r#"portcullis demo: gateway on {base}, echo upstream on {upstream}. Try:

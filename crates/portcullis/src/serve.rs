@@ -103,6 +103,7 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
             .await
             .with_context(|| format!("cannot listen on {}", settings.metrics.listen))?;
         tokio::spawn(portcullis_proxy::ops::serve(ops, live.clone()));
+        tokio::spawn(portcullis_proxy::health::run(live.clone()));
         if let (ConfigSource::File, Some(path)) = (source, path.as_ref()) {
             tokio::spawn(crate::watch::watch_file(path.clone(), live.clone()));
         }

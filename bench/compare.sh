@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# portcullis vs nginx as reverse proxies in front of the same upstream, in one
+# run, interleaved, on loopback. See docs/benchmarks.md.
+#
+#   bench/compare.sh [--rounds N] [--duration S] [--connections C] [--threads T]
+#                    [--scenario bare|routes10|routes1000|routes10000|key-auth|limit-count]
+#                    [--no-build] [--keep]
+#
+# Layout (2+ CPUs): each proxy pinned to CPU 0 (one worker each), the upstream
+# (nginx, fixed 1 KiB body) and wrk share CPU 1.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$ROOT/bench"
+
+rounds=3 duration=10 connections=50 threads=1 scenario=bare build=1 keep=0
+usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --connections) connections=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --scenario) scenario=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --keep) keep=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
+  esac
+done
+case "$scenario" in
+  bare|key-auth|limit-count|routes[0-9]*) ;;
+  *) echo "compare.sh: unknown scenario $scenario" >&2; exit 2 ;;
+esac
+if [[ "$scenario" == routes* ]] && ! [[ "${scenario#routes}" =~ ^[0-9]+$ ]]; then
+  echo "compare.sh: routesN needs a number, e.g. routes1000" >&2; exit 2
+fi
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- tools --------------------------------------------------------------------
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update
+  "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v python3 >/dev/null 2>&1 || die "python3 is required"
+cpus=$(nproc)
+[ "$cpus" -ge 2 ] || die "needs at least 2 CPUs (proxies on CPU 0, upstream and wrk on CPU 1)"
+
+# --- portcullis -----------------------------------------------------------------
+target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")
+BIN="$target_dir/release/portcullis"
+if [ "$build" -eq 1 ]; then
+  say "cargo build --release -p portcullis (fat LTO: a few minutes on 2 cores)"
+  (cd "$ROOT" && cargo build --release -p portcullis)
+fi
+[ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
+
+# --- processes and clean-up -------------------------------------------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  if [ "$keep" -eq 1 ]; then say "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # wait_port PORT PID NAME LOG
+  local i
+  for i in $(seq 1 600); do
+    port_open "$1" && return 0
+    kill -0 "$2" 2>/dev/null || { cat "$4" >&2 || true; die "$3 exited during start-up"; }
+    sleep 0.1
+  done
+  die "$3 did not listen on :$1 within 60 s"
+}
+# CPU ticks (utime+stime) of a process and its children (nginx: master + worker).
+cpu_ticks() {
+  local total=0 p f
+  for p in "$@"; do
+    f=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+    set -- $f
+    total=$((total + ${12} + ${13}))
+  done
+  echo "$total"
+}
+tree() { echo "$1" $(pgrep -P "$1" || true); }
+vmhwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+
+# --- start everything ----------------------------------------------------------
+read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics <<<"$(free_ports 8)"
+path=/bench/item
+headers=()
+[ "$scenario" = key-auth ] && headers=(-H "apikey: bench-key-0123456789")
+
+python3 "$BENCH/gen.py" upstream "$work/upstream.conf" --work "$work" --port "$up_port"
+python3 "$BENCH/gen.py" nginx "$work/nginx.conf" --work "$work" --port "$ng_port" --upstream "$up_port" --scenario "$scenario"
+python3 "$BENCH/gen.py" portcullis "$work/portcullis.yaml" --work "$work" --port "$pc_port" --upstream "$up_port" \
+  --admin "$pc_admin" --metrics "$pc_metrics" --scenario "$scenario"
+
+say "upstream nginx on :$up_port (CPU 1)"
+taskset -c 1 "$NGINX" -p "$work" -c "$work/upstream.conf" -e "$work/upstream.error.log" >"$work/upstream.out" 2>&1 &
+up_pid=$!; pids+=("$up_pid")
+wait_port "$up_port" "$up_pid" "upstream nginx" "$work/upstream.out"
+
+say "nginx proxy on :$ng_port (CPU 0)"
+taskset -c 0 "$NGINX" -p "$work" -c "$work/nginx.conf" -e "$work/nginx.error.log" >"$work/nginx.out" 2>&1 &
+ng_pid=$!; pids+=("$ng_pid")
+wait_port "$ng_port" "$ng_pid" "nginx proxy" "$work/nginx.out"
+
+say "portcullis on :$pc_port (CPU 0, scenario $scenario)"
+taskset -c 0 "$BIN" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>&1 &
+pc_pid=$!; pids+=("$pc_pid")
+wait_port "$pc_port" "$pc_pid" "portcullis" "$work/portcullis.out"
+
+targets=(nginx portcullis)
+declare -A port_of=([nginx]=$ng_port [portcullis]=$pc_port)
+declare -A pid_of=([nginx]=$ng_pid [portcullis]=$pc_pid)
+if [[ "$scenario" == routes* ]] && [ "$scenario" != routes10 ]; then
+  python3 "$BENCH/gen.py" portcullis "$work/portcullis-routes10.yaml" --work "$work" --port "$b_port" --upstream "$up_port" \
+    --admin "$b_admin" --metrics "$b_metrics" --scenario routes10
+  say "portcullis (routes10 baseline) on :$b_port (CPU 0)"
+  taskset -c 0 "$BIN" serve --config "$work/portcullis-routes10.yaml" >"$work/portcullis-routes10.out" 2>&1 &
+  b_pid=$!; pids+=("$b_pid")
+  wait_port "$b_port" "$b_pid" "portcullis routes10" "$work/portcullis-routes10.out"
+  targets+=(portcullis-routes10)
+  port_of[portcullis-routes10]=$b_port
+  pid_of[portcullis-routes10]=$b_pid
+fi
+
+# Every proxy must answer the measured request with 200 before we measure.
+for t in "${targets[@]}"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "${headers[@]}" "http://127.0.0.1:${port_of[$t]}$path" || true)
+  [ "$code" = 200 ] || die "$t answered $code to GET $path (want 200); logs in $work (use --keep)"
+done
+
+cat >"$work/meta.env" <<EOF
+scenario=$scenario
+rounds=$rounds
+duration=$duration
+threads=$threads
+connections=$connections
+clk_tck=$(getconf CLK_TCK)
+cpus=$cpus
+cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
+EOF
+load1=$(cut -d' ' -f1 /proc/loadavg)
+if python3 -c "import sys; sys.exit(0 if float('$load1') > 0.5 else 1)"; then
+  say "warning: load average $load1 before the run; other work on this machine skews the figures"
+fi
+
+run_wrk() { # run_wrk TARGET SECONDS OUTFILE
+  taskset -c 1 wrk -t"$threads" -c"$connections" -d"${2}s" --latency "${headers[@]}" \
+    "http://127.0.0.1:${port_of[$1]}$path" >"$3" 2>&1
+}
+
+say "warm-up: 2 s each"
+for t in "${targets[@]}"; do run_wrk "$t" 2 "$work/warmup-$t.txt"; done
+
+: >"$work/rounds.tsv"
+for r in $(seq 1 "$rounds"); do
+  for t in "${targets[@]}"; do
+    procs=$(tree "${pid_of[$t]}")
+    before=$(cpu_ticks $procs)
+    run_wrk "$t" "$duration" "$work/round$r-$t.txt"
+    after=$(cpu_ticks $procs)
+    printf '%s\t%s\t%s\t%s\n' "$t" "$r" "$work/round$r-$t.txt" "$((after - before))" >>"$work/rounds.tsv"
+    say "round $r/$rounds $t: $(awk '/Requests\/sec/ {print $2}' "$work/round$r-$t.txt") req/s"
+    sleep 1
+  done
+done
+
+# Peak memory: the nginx worker (the master is idle), the portcullis process.
+: >"$work/memory.tsv"
+for t in "${targets[@]}"; do
+  p=${pid_of[$t]}
+  if [ "$t" = nginx ]; then p=$(pgrep -P "$p" | head -n1); fi
+  printf '%s\t%s\n' "$t" "$(vmhwm "$p")" >>"$work/memory.tsv"
+done
+
+python3 "$BENCH/summarize.py" "$work"
