@@ -491,7 +491,6 @@ fn commit(
     id: &str,
     value: Value,
     ttl: Option<f64>,
-    status_if_replaced: u16,
 ) -> Result<Reply, Reply> {
     let mut candidate = store.load_raw().map_err(internal)?;
     candidate.upsert(
@@ -517,7 +516,7 @@ fn commit(
         created_index: out.created_index,
         modified_index: out.modified_index,
     };
-    let status = if out.created { 201 } else { status_if_replaced };
+    let status = if out.created { 201 } else { 200 };
     Ok(Reply::new(status, item(kind, &entry)))
 }
 
@@ -552,7 +551,7 @@ async fn put_or_post(
     if let Some(previous) = store.get(t.kind, &id).map_err(internal)? {
         secrets::restore_masked(t.kind, &mut value, &previous.value);
     }
-    commit(admin, store, ctx, t.kind, &id, value, ttl, 200)
+    commit(admin, store, ctx, t.kind, &id, value, ttl)
 }
 
 async fn patch(admin: &Admin, ctx: &Ctx, t: &Target, body: &Bytes) -> Result<Reply, Reply> {
@@ -582,18 +581,20 @@ async fn patch(admin: &Admin, ctx: &Ctx, t: &Target, body: &Bytes) -> Result<Rep
         Kind::Consumers => ("username", own.clone(), "wrong username".to_string()),
         _ => ("id", own.clone(), format!("wrong {} id", label(t.kind))),
     };
-    match value.get(field) {
-        Some(v) if v.as_str() != Some(expected.as_str()) && v.to_string() != expected => {
-            return Err(Reply::error(400, wrong))
-        }
-        _ => {
-            if let Value::Object(obj) = &mut value {
-                obj.insert(field.into(), Value::String(expected));
-            }
-        }
+    let same = match value.get(field) {
+        None => true,
+        Some(Value::String(s)) => *s == expected,
+        Some(Value::Number(n)) => n.to_string() == expected,
+        Some(_) => false,
+    };
+    if !same {
+        return Err(Reply::error(400, wrong));
+    }
+    if let Value::Object(obj) = &mut value {
+        obj.insert(field.into(), Value::String(expected));
     }
     secrets::restore_masked(t.kind, &mut value, &previous.value);
-    commit(admin, store, ctx, t.kind, &id, value, ttl, 200)
+    commit(admin, store, ctx, t.kind, &id, value, ttl)
 }
 
 async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {

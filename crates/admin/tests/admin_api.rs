@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_admin::{serve, start_expiry, Admin};
-use portcullis_config::settings::{AdminKey, AdminRole, ConfigSource, GatewaySettings};
+use portcullis_config::settings::{
+    AdminKey, AdminRole, AdminSettings, ConfigSource, GatewaySettings,
+};
 use portcullis_config::{Kind, Live};
 use portcullis_store::Store;
 use portcullis_test_support::client::{request, Response};
@@ -33,9 +35,7 @@ impl Drop for Api {
 }
 
 fn settings() -> GatewaySettings {
-    let mut s = GatewaySettings::default();
-    s.config_source = Some(ConfigSource::Store);
-    s.admin.keys = vec![
+    let keys = vec![
         AdminKey {
             name: "ops".into(),
             key: ADMIN_KEY.into(),
@@ -47,7 +47,14 @@ fn settings() -> GatewaySettings {
             role: AdminRole::Viewer,
         },
     ];
-    s
+    GatewaySettings {
+        config_source: Some(ConfigSource::Store),
+        admin: AdminSettings {
+            keys,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 async fn start_with(dir: tempfile::TempDir, settings: GatewaySettings) -> Api {

@@ -109,7 +109,7 @@ impl Upstream {
         let send_timeout = secs("timeout.send", timeout.send)?;
         let read_timeout = secs("timeout.read", timeout.read)?;
         let retry_timeout = match up.retry_timeout {
-            Some(v) if v == 0.0 => None,
+            Some(0.0) => None,
             Some(v) => Some(secs("retry_timeout", v)?),
             None => None,
         };

@@ -81,12 +81,7 @@ fn schema() -> Value {
             "hide_credentials": {"type": "boolean", "default": false},
             "anonymous_consumer": {"type": "string", "minLength": 1}
         },
-        "additionalProperties": false,
-        "consumer_schema": {
-            "type": "object",
-            "properties": {"key": {"type": "string"}},
-            "required": ["key"]
-        }
+        "additionalProperties": false
     })
 }
 

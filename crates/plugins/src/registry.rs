@@ -11,6 +11,11 @@ use serde_json::Value;
 use crate::context::BuildContext;
 use crate::dry_run::DryRun;
 
+/// Builds a plugin instance from its (already `_meta`-free) config.
+pub type BuildFn = fn(&Value, &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError>;
+/// Checks an auth plugin's config on a consumer or credential.
+pub type ConsumerConfFn = fn(&Value) -> Result<crate::consumers::CredentialConf, ConfigError>;
+
 /// What the registry knows about one plugin.
 pub struct PluginSpec {
     pub name: &'static str,
@@ -19,10 +24,10 @@ pub struct PluginSpec {
     pub priority: i32,
     /// Whether `_meta.dry_run` makes sense: only plugins that can reject.
     pub enforcing: bool,
-    pub build: fn(&Value, &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError>,
+    pub build: BuildFn,
     /// Auth plugins: check the plugin's config on a consumer or credential
     /// and return the key it is looked up by.
-    pub consumer_conf: Option<fn(&Value) -> Result<crate::consumers::CredentialConf, ConfigError>>,
+    pub consumer_conf: Option<ConsumerConfFn>,
     /// JSON schema served by `/apisix/admin/plugins/{name}`.
     pub schema: fn() -> Value,
 }

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An API security gateway that speaks APISIX's resource model")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An API security gateway that speaks APISIX's resource model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +33,21 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Write the store's resources as a config file (to stdout) that
+    /// `serve` and `validate` accept.
+    Export {
+        /// The config file whose `gateway.data_dir` holds the store.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Load the resources of a config file into the store, all or nothing.
+    Import {
+        /// The file whose resources are imported.
+        file: PathBuf,
+        /// The config file whose `gateway.data_dir` holds the store.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run the gateway on an example config in front of a built-in demo
     /// upstream, and print requests to try.
     Demo {
@@ -44,6 +63,8 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve::run(&config),
         Command::Validate { config } => return validate(&config),
         Command::Demo { port } => demo::run(port),
+        Command::Export { config } => serve::export(&config),
+        Command::Import { file, config } => serve::import(&file, &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,11 +23,13 @@ pub fn load_and_check(path: &Path) -> Result<String, Vec<ConfigError>> {
 }
 
 pub fn source_of(file: &ConfigFile) -> ConfigSource {
-    file.gateway.config_source.unwrap_or(if file.has_resource_sections {
-        ConfigSource::File
-    } else {
-        ConfigSource::Store
-    })
+    file.gateway
+        .config_source
+        .unwrap_or(if file.has_resource_sections {
+            ConfigSource::File
+        } else {
+            ConfigSource::Store
+        })
 }
 
 fn init_logging(level: &str) {
@@ -46,13 +48,7 @@ pub fn init_logging_for_demo() {
 }
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
-    let file = portcullis_config::file::read(path).map_err(|errors| {
-        anyhow::anyhow!(
-            "invalid config {}:\n  {}",
-            path.display(),
-            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
-        )
-    })?;
+    let file = read_file(path)?;
     init_logging(&file.gateway.log_level);
     run_loaded(file, Some(path.to_path_buf()))
 }
@@ -60,31 +56,43 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
 pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let source = source_of(&file);
     let live = Live::new();
+    let mut store = None;
     match source {
         ConfigSource::File => {
             live.apply(file.resources.clone()).map_err(|errors| {
                 anyhow::anyhow!(
                     "invalid resources:\n  {}",
-                    errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  ")
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
                 )
             })?;
         }
         ConfigSource::Store => {
-            // The embedded store is wired in by the Admin API work; until it
-            // is, the gateway starts empty and serves 404.
-            live.apply(Default::default())
-                .map_err(|_| anyhow::anyhow!("empty config refused"))?;
+            let opened = Arc::new(open_store(&file.gateway.data_dir)?);
+            let raw = opened.load_raw().context("cannot read the store")?;
+            if let Err(errors) = live.apply(raw) {
+                // Something stored is no longer valid (an upgrade changed a
+                // rule): serve nothing rather than half a config, and say so.
+                tracing::error!(errors = ?errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "stored config refused");
+            }
+            store = Some(opened);
         }
         ConfigSource::Etcd => anyhow::bail!("config_source: etcd is not supported yet"),
     }
 
     let settings = file.gateway.clone();
     let workers = if settings.workers == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         settings.workers
     };
-    let access_log = AccessLog::open(&settings.access_log).with_context(|| format!("cannot open access log {}", settings.access_log))?;
+    let access_log = AccessLog::open(&settings.access_log)
+        .with_context(|| format!("cannot open access log {}", settings.access_log))?;
     let dp = Arc::new(DataPlane {
         live: live.clone(),
         settings: settings.clone(),
@@ -104,6 +112,20 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
             .with_context(|| format!("cannot listen on {}", settings.metrics.listen))?;
         tokio::spawn(portcullis_proxy::ops::serve(ops, live.clone()));
         tokio::spawn(portcullis_proxy::health::run(live.clone()));
+        let admin_listener = tokio::net::TcpListener::bind(settings.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.admin.listen))?;
+        if settings.admin.keys.is_empty() {
+            tracing::warn!("no admin keys configured: every Admin API request will be refused");
+        }
+        let admin = Arc::new(portcullis_admin::Admin::new(
+            live.clone(),
+            store.clone(),
+            &settings,
+            path.clone(),
+        ));
+        tokio::spawn(portcullis_admin::serve(admin_listener, admin.clone()));
+        portcullis_admin::start_expiry(admin);
         if let (ConfigSource::File, Some(path)) = (source, path.as_ref()) {
             tokio::spawn(crate::watch::watch_file(path.clone(), live.clone()));
         }
@@ -118,6 +140,11 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+pub fn open_store(data_dir: &Path) -> anyhow::Result<portcullis_store::Store> {
+    portcullis_store::Store::open(data_dir)
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))
 }
 
 /// SIGHUP reloads the file; SIGTERM and SIGINT return, to drain and exit.
@@ -144,4 +171,42 @@ async fn wait_for_signals(path: Option<&Path>, source: ConfigSource, live: &Arc<
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<ConfigFile> {
+    portcullis_config::file::read(path).map_err(|errors| {
+        anyhow::anyhow!(
+            "invalid config {}:\n  {}",
+            path.display(),
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })
+}
+
+/// `portcullis export`: the store as a config file on stdout.
+pub fn export(config: &Path) -> anyhow::Result<()> {
+    let file = read_file(config)?;
+    let store = open_store(&file.gateway.data_dir)?;
+    let yaml = portcullis_admin::export_yaml(&store).context("cannot export the store")?;
+    print!("{yaml}");
+    Ok(())
+}
+
+/// `portcullis import`: validate the file's resources together with what
+/// the store holds, then write them in one transaction.
+pub fn import(resources: &Path, config: &Path) -> anyhow::Result<()> {
+    let settings = read_file(config)?;
+    let file = read_file(resources)?;
+    let store = open_store(&settings.gateway.data_dir)?;
+    let n = portcullis_admin::import(&store, file.resources)
+        .map_err(|e| anyhow::anyhow!("import refused: {e}"))?;
+    eprintln!(
+        "imported {n} resources into {}",
+        settings.gateway.data_dir.display()
+    );
+    Ok(())
 }

@@ -12,9 +12,21 @@ fn portcullis() -> Command {
 fn validate_accepts_a_good_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ok.yaml");
-    std::fs::write(&path, "routes:\n  - id: r1\n    uri: /a/*\n    upstream: { nodes: { \"127.0.0.1:1\": 1 } }\n").unwrap();
-    let out = portcullis().args(["validate", "--config"]).arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &path,
+        "routes:\n  - id: r1\n    uri: /a/*\n    upstream: { nodes: { \"127.0.0.1:1\": 1 } }\n",
+    )
+    .unwrap();
+    let out = portcullis()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
 }
 
@@ -27,7 +39,11 @@ fn validate_lists_every_error_with_its_field_path() {
         "routes:\n  - id: r1\n    uri: /a\n    upstream_id: missing\n  - id: r2\n    uri: /b\n    upstream: { nodes: { \"127.0.0.1:1\": 1 } }\n    plugins: { no-such-plugin: {} }\n  - id: r3\n    uri: /c\n    methods: [FETCH]\n    upstream:\n      nodes: { \"127.0.0.1:1\": 1 }\n      timeout: { connect: -1 }\n",
     )
     .unwrap();
-    let out = portcullis().args(["validate", "--config"]).arg(&path).output().unwrap();
+    let out = portcullis()
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for expected in [
@@ -44,7 +60,11 @@ fn validate_lists_every_error_with_its_field_path() {
 fn validate_names_a_missing_environment_variable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("env.yaml");
-    std::fs::write(&path, "gateway:\n  admin:\n    keys: [{ name: ops, key: \"${PORTCULLIS_TEST_UNSET_VAR}\" }]\n").unwrap();
+    std::fs::write(
+        &path,
+        "gateway:\n  admin:\n    keys: [{ name: ops, key: \"${PORTCULLIS_TEST_UNSET_VAR}\" }]\n",
+    )
+    .unwrap();
     let out = portcullis()
         .args(["validate", "--config"])
         .arg(&path)
@@ -52,7 +72,8 @@ fn validate_names_a_missing_environment_variable() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3: environment variable PORTCULLIS_TEST_UNSET_VAR is not set"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("line 3: environment variable PORTCULLIS_TEST_UNSET_VAR is not set"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,15 +97,40 @@ async fn demo_serves_its_example_routes() {
     assert!(up, "demo did not listen");
     let get = |path: &str, headers: Vec<(&'static str, &'static str)>, body: &'static str| {
         let url = format!("{base}{path}");
-        async move { portcullis_test_support::request(if body.is_empty() { "GET" } else { "POST" }, &url, &headers, body).await.unwrap() }
+        async move {
+            portcullis_test_support::request(
+                if body.is_empty() { "GET" } else { "POST" },
+                &url,
+                &headers,
+                body,
+            )
+            .await
+            .unwrap()
+        }
     };
     let public = get("/public/hello", vec![], "").await;
     assert_eq!(public.status, 200);
     assert!(public.header("x-request-id").is_some());
     assert_eq!(get("/orders/1", vec![], "").await.status, 401);
-    let ok = get("/orders/1", vec![("apikey", "demo-order-key"), ("content-type", "application/json")], r#"{"item":"book","quantity":2}"#).await;
+    let ok = get(
+        "/orders/1",
+        vec![
+            ("apikey", "demo-order-key"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"item":"book","quantity":2}"#,
+    )
+    .await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    let bad = get("/orders/1", vec![("apikey", "demo-order-key"), ("content-type", "application/json")], r#"{"item":"book","quantity":0}"#).await;
+    let bad = get(
+        "/orders/1",
+        vec![
+            ("apikey", "demo-order-key"),
+            ("content-type", "application/json"),
+        ],
+        r#"{"item":"book","quantity":0}"#,
+    )
+    .await;
     assert_eq!(bad.status, 400);
     assert_eq!(get("/status", vec![], "").await.status, 200);
     assert_eq!(get("/admin", vec![], "").await.status, 404);

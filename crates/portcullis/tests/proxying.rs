@@ -25,7 +25,10 @@ async fn unmatched_path_answers_apisix_404_body() {
     ));
     let r = get(&gw.url("/other"), &[]).await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.json(), serde_json::json!({"error_msg": "404 Route Not Found"}));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error_msg": "404 Route Not Found"})
+    );
     assert_eq!(up.count(), 0);
 }
 
@@ -49,14 +52,23 @@ async fn hop_by_hop_headers_are_stripped_and_forwarding_headers_set() {
     let seen = &up.seen()[0];
     assert_eq!(seen.uri, "/x?q=1");
     for gone in ["x-hop", "te", "proxy-authorization", "keep-alive"] {
-        assert!(!seen.headers.contains_key(gone), "{gone} reached the upstream");
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the upstream"
+        );
     }
     assert_eq!(seen.headers["x-end-to-end"], "kept");
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
-    assert_eq!(seen.headers["x-forwarded-port"], gw.http_port.to_string().as_str());
-    assert_eq!(seen.headers["host"], format!("127.0.0.1:{}", gw.http_port).as_str());
+    assert_eq!(
+        seen.headers["x-forwarded-port"],
+        gw.http_port.to_string().as_str()
+    );
+    assert_eq!(
+        seen.headers["host"],
+        format!("127.0.0.1:{}", gw.http_port).as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,8 +79,14 @@ async fn refused_upstream_is_a_502_with_a_short_json_body() {
     ));
     let r = get(&gw.url("/x"), &[]).await;
     assert_eq!(r.status, 502);
-    assert_eq!(r.json(), serde_json::json!({"error_msg": "upstream unavailable"}));
-    assert!(!r.text().contains(&dead.to_string()), "the answer names an internal address");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error_msg": "upstream unavailable"})
+    );
+    assert!(
+        !r.text().contains(&dead.to_string()),
+        "the answer names an internal address"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +99,10 @@ async fn slow_upstream_is_a_504_after_the_read_timeout() {
     let started = std::time::Instant::now();
     let r = get(&gw.url("/sleep/2000"), &[]).await;
     assert_eq!(r.status, 504);
-    assert_eq!(r.json(), serde_json::json!({"error_msg": "upstream timed out"}));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error_msg": "upstream timed out"})
+    );
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
 
@@ -148,11 +169,18 @@ async fn chunked_request_bodies_stream_through() {
     use hyper::body::Frame;
     let up = RecordingUpstream::start().await;
     let gw = Gateway::start(&one_route(&up, ""));
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http_port)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http_port))
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> =
-        vec![Ok(Frame::data(Bytes::from("hello "))), Ok(Frame::data(Bytes::from("chunked world")))];
+    let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+        Ok(Frame::data(Bytes::from("hello "))),
+        Ok(Frame::data(Bytes::from("chunked world"))),
+    ];
     let body = StreamBody::new(futures_util::stream::iter(chunks));
     let req = http::Request::post("/upload")
         .header("host", "x")
@@ -171,7 +199,9 @@ async fn h2c_prior_knowledge_is_served() {
     use http_body_util::{BodyExt, Empty};
     let up = RecordingUpstream::start().await;
     let gw = Gateway::start(&one_route(&up, ""));
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http_port)).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.http_port))
+        .await
+        .unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
@@ -192,7 +222,9 @@ async fn h2c_prior_knowledge_is_served() {
 /// Send raw bytes and read what comes back until the server closes.
 async fn raw_exchange(port: u16, bytes: &[u8], wait: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
@@ -203,7 +235,10 @@ async fn raw_exchange(port: u16, bytes: &[u8], wait: Duration) -> String {
 async fn oversized_headers_get_431_and_a_garbage_request_line_400() {
     let up = RecordingUpstream::start().await;
     let gw = Gateway::start(&one_route(&up, ""));
-    let big = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
     let answer = raw_exchange(gw.http_port, big.as_bytes(), Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "got: {answer:.80}");
     let mut many = String::from("GET / HTTP/1.1\r\nhost: x\r\n");
@@ -213,7 +248,12 @@ async fn oversized_headers_get_431_and_a_garbage_request_line_400() {
     many.push_str("\r\n");
     let answer = raw_exchange(gw.http_port, many.as_bytes(), Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "got: {answer:.80}");
-    let answer = raw_exchange(gw.http_port, b"NOT A REQUEST\r\n\r\n", Duration::from_secs(3)).await;
+    let answer = raw_exchange(
+        gw.http_port,
+        b"NOT A REQUEST\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "got: {answer:.80}");
     assert_eq!(up.count(), 0);
 }
@@ -225,6 +265,11 @@ async fn slow_headers_get_408() {
         "gateway:\n  listen: [\"127.0.0.1:{{HTTP_PORT}}\"]\n  metrics: {{ listen: \"127.0.0.1:{{METRICS_PORT}}\" }}\n  admin: {{ listen: \"127.0.0.1:{{ADMIN_PORT}}\" }}\n  workers: 1\n  access_log: \"off\"\n  http: {{ header_read_timeout: 0.3 }}\n{}",
         one_route(&up, "")
     ));
-    let answer = raw_exchange(gw.http_port, b"GET / HTTP/1.1\r\nhost: x\r\n", Duration::from_secs(3)).await;
+    let answer = raw_exchange(
+        gw.http_port,
+        b"GET / HTTP/1.1\r\nhost: x\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "got: {answer:.80}");
 }

@@ -37,14 +37,30 @@ async fn wait_for(mut check: impl AsyncFnMut() -> bool, within: Duration) -> boo
 async fn a_valid_edit_is_served_within_a_second() {
     let up = RecordingUpstream::start().await;
     let gw = Gateway::start(&config(&up, "/old/*", "1"));
-    assert_eq!(request("GET", &gw.url("/new/x"), &[], "").await.unwrap().status, 404);
+    assert_eq!(
+        request("GET", &gw.url("/new/x"), &[], "")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
     gw.write_config(&full(&gw, &config(&up, "/new/*", "2")));
     let url = gw.url("/new/x");
     assert!(
-        wait_for(async || request("GET", &url, &[], "").await.unwrap().status == 200, Duration::from_secs(1)).await,
+        wait_for(
+            async || request("GET", &url, &[], "").await.unwrap().status == 200,
+            Duration::from_secs(1)
+        )
+        .await,
         "the edit was not served within 1 s"
     );
-    assert_eq!(request("GET", &gw.url("/old/x"), &[], "").await.unwrap().status, 404);
+    assert_eq!(
+        request("GET", &gw.url("/old/x"), &[], "")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,13 +74,26 @@ async fn an_invalid_edit_is_refused_and_the_last_good_config_keeps_serving() {
     gw.write_config(&full(&gw, &bad));
     let readyz = gw.metrics_url("/readyz");
     assert!(
-        wait_for(async || request("GET", &readyz, &[], "").await.unwrap().status == 503, Duration::from_secs(2)).await,
+        wait_for(
+            async || request("GET", &readyz, &[], "").await.unwrap().status == 503,
+            Duration::from_secs(2)
+        )
+        .await,
         "/readyz did not report the refusal"
     );
     let ready = request("GET", &readyz, &[], "").await.unwrap().json();
     let err = ready["last_reload_error"][0].as_str().unwrap();
-    assert!(err.starts_with("routes[1].upstream.nodes.not-an-address:x"), "{err}");
-    assert_eq!(request("GET", &gw.url("/api/x"), &[], "").await.unwrap().status, 200);
+    assert!(
+        err.starts_with("routes[1].upstream.nodes.not-an-address:x"),
+        "{err}"
+    );
+    assert_eq!(
+        request("GET", &gw.url("/api/x"), &[], "")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     assert!(gw.stderr().contains("config file refused"));
 }
 
@@ -77,7 +106,12 @@ async fn twenty_reloads_under_load_fail_no_request() {
     let served = Arc::new(AtomicU64::new(0));
     let mut loaders = Vec::new();
     for _ in 0..4 {
-        let (stop, failures, served, url) = (stop.clone(), failures.clone(), served.clone(), gw.url("/api/x"));
+        let (stop, failures, served, url) = (
+            stop.clone(),
+            failures.clone(),
+            served.clone(),
+            gw.url("/api/x"),
+        );
         loaders.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match request("GET", &url, &[], "").await {
@@ -95,7 +129,10 @@ async fn twenty_reloads_under_load_fail_no_request() {
     for l in loaders {
         l.await.unwrap();
     }
-    let ready = request("GET", &gw.metrics_url("/readyz"), &[], "").await.unwrap().json();
+    let ready = request("GET", &gw.metrics_url("/readyz"), &[], "")
+        .await
+        .unwrap()
+        .json();
     assert!(ready["reloads_applied"].as_u64().unwrap() >= 20, "{ready}");
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     assert!(served.load(Ordering::Relaxed) > 100);
@@ -110,10 +147,19 @@ async fn sighup_reloads_the_file() {
     // Write without the watcher noticing first is not guaranteed; SIGHUP must
     // apply it at once either way.
     gw.write_config(&full(&gw, &config(&up, "/b/*", "2")));
-    let status = std::process::Command::new("kill").args(["-HUP", &gw.pid().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let url = gw.url("/b/x");
-    assert!(wait_for(async || request("GET", &url, &[], "").await.unwrap().status == 200, Duration::from_secs(1)).await);
+    assert!(
+        wait_for(
+            async || request("GET", &url, &[], "").await.unwrap().status == 200,
+            Duration::from_secs(1)
+        )
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,15 +170,25 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let in_flight = tokio::spawn(async move { request("GET", &url, &[], "").await });
     tokio::time::sleep(Duration::from_millis(150)).await;
     let pid = gw.pid().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let r = in_flight.await.unwrap().expect("in-flight request completes");
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes");
     assert_eq!(r.status, 200);
     let started = Instant::now();
     let code = loop {
         if let Some(s) = gw.child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "did not exit after draining");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "did not exit after draining"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(code.success(), "exit status {code:?}");

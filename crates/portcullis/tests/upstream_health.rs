@@ -17,22 +17,31 @@ async fn switchable_upstream(health: Arc<AtomicU16>) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let health = health.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let status = if req.uri().path() == "/health" { health.load(Ordering::Relaxed) } else { 200 };
-                    async move {
-                        Ok::<_, Infallible>(
-                            http::Response::builder()
-                                .status(status)
-                                .header("x-upstream", "switchable")
-                                .body(Full::new(Bytes::from_static(b"switchable")))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let status = if req.uri().path() == "/health" {
+                            health.load(Ordering::Relaxed)
+                        } else {
+                            200
+                        };
+                        async move {
+                            Ok::<_, Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .header("x-upstream", "switchable")
+                                    .body(Full::new(Bytes::from_static(b"switchable")))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -58,13 +67,23 @@ async fn active_checks_take_a_failing_node_out_and_bring_it_back() {
         }
         hits
     };
-    assert!(hits_on_flaky(10).await > 0, "both nodes serve while healthy");
+    assert!(
+        hits_on_flaky(10).await > 0,
+        "both nodes serve while healthy"
+    );
     health.store(500, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(hits_on_flaky(10).await, 0, "the failing node still got traffic");
+    assert_eq!(
+        hits_on_flaky(10).await,
+        0,
+        "the failing node still got traffic"
+    );
     health.store(200, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(hits_on_flaky(10).await > 0, "the recovered node got no traffic");
+    assert!(
+        hits_on_flaky(10).await > 0,
+        "the recovered node got no traffic"
+    );
 }
 
 /// An upstream that accepts a websocket upgrade and echoes bytes back.
@@ -73,25 +92,29 @@ async fn echo_upgrade_upstream() -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|mut req: http::Request<hyper::body::Incoming>| async move {
-                    let on_upgrade = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        if let Ok(upgraded) = on_upgrade.await {
-                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
-                            let _ = tokio::io::copy(&mut r, &mut w).await;
-                        }
-                    });
-                    Ok::<_, Infallible>(
-                        http::Response::builder()
-                            .status(101)
-                            .header("upgrade", "websocket")
-                            .header("connection", "upgrade")
-                            .body(Full::new(Bytes::new()))
-                            .unwrap(),
-                    )
-                });
+                let svc = hyper::service::service_fn(
+                    |mut req: http::Request<hyper::body::Incoming>| async move {
+                        let on_upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(upgraded) = on_upgrade.await {
+                                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            }
+                        });
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .status(101)
+                                .header("upgrade", "websocket")
+                                .header("connection", "upgrade")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .with_upgrades()
@@ -109,16 +132,24 @@ async fn websocket_upgrade_is_spliced_when_the_route_enables_it() {
     let gw = Gateway::start(&format!(
         "routes:\n  - id: ws\n    uri: /ws\n    enable_websocket: true\n    upstream: {{ nodes: {{ \"{up}\": 1 }} }}\n"
     ));
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.http_port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.http_port))
+        .await
+        .unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
         .await
         .unwrap();
     let mut head = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut head)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
     let head = String::from_utf8_lossy(&head[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s.write_all(b"ping-through-the-gateway").await.unwrap();
     let mut echoed = vec![0u8; 24];
-    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echoed, b"ping-through-the-gateway");
 }

@@ -23,7 +23,12 @@ impl AccessLog {
                 })
             }
             "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            path => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
         };
         let (tx, rx) = sync_channel::<String>(64 * 1024);
         std::thread::Builder::new()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use portcullis_config::model::{HashOn, PassHost};
+use portcullis_config::model::{HashOn, PassHost, Scheme};
 use portcullis_config::upstream::{hash_str, Upstream};
 use portcullis_core::{Rejection, RequestState};
 use portcullis_router::VarLookup;
@@ -52,7 +52,10 @@ pub async fn forward(
     let mut body = Some(body);
     loop {
         let Some(node_index) = upstream.pick(hash, &tried) else {
-            return Err(upstream_error(StatusCode::SERVICE_UNAVAILABLE, "no upstream node available"));
+            return Err(upstream_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no upstream node available",
+            ));
         };
         tried.push(node_index);
         let node = &upstream.nodes[node_index];
@@ -76,7 +79,14 @@ pub async fn forward(
             }
             Err(e) => e,
         };
-        note_failure(upstream, node_index, matches!(err, AttemptError::Timeout | AttemptError::Connect(ConnectError::Timeout)));
+        note_failure(
+            upstream,
+            node_index,
+            matches!(
+                err,
+                AttemptError::Timeout | AttemptError::Connect(ConnectError::Timeout)
+            ),
+        );
         let may_retry = body.is_some()
             && (outcome.attempts as usize) <= upstream.retries as usize
             && tried.len() < upstream.nodes.len().max(1) + upstream.retries as usize
@@ -102,6 +112,7 @@ fn describe(e: &AttemptError) -> String {
         AttemptError::Connect(ConnectError::Timeout) => "connect timeout".into(),
         AttemptError::Connect(ConnectError::Io(e)) => format!("connect: {e}"),
         AttemptError::Connect(ConnectError::Handshake(e)) => format!("handshake: {e}"),
+        AttemptError::Connect(ConnectError::Tls(e)) => format!("tls: {e}"),
         AttemptError::Timeout => "read timeout".into(),
         AttemptError::Send(e) => format!("send: {e}"),
     }
@@ -115,38 +126,79 @@ async fn attempt(
     reuse: Reuse,
 ) -> Result<Response<RespBody>, AttemptError> {
     let node = &upstream.nodes[node_index];
-    let mut conn = pool::checkout(&node.authority, upstream.connect_timeout, reuse)
+    let tls = match upstream.scheme {
+        Scheme::Http => None,
+        Scheme::Https => {
+            let sni = match (upstream.pass_host, upstream.upstream_host.as_deref()) {
+                (PassHost::Rewrite, Some(host)) => host,
+                _ => node.host.as_str(),
+            };
+            let name = crate::upstream_tls::server_name(sni).ok_or_else(|| {
+                AttemptError::Connect(ConnectError::Tls(std::io::Error::other(
+                    "invalid TLS server name",
+                )))
+            })?;
+            Some((
+                name,
+                crate::upstream_tls::client_config(upstream.tls_verify),
+            ))
+        }
+    };
+    let target = pool::Target {
+        authority: &node.authority,
+        tls,
+    };
+    let mut conn = pool::checkout(&target, upstream.connect_timeout, reuse)
         .await
         .map_err(AttemptError::Connect)?;
 
-    let mut builder = Request::builder()
-        .method(req.head.method.clone())
-        .uri(req.head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut builder = Request::builder().method(req.head.method.clone()).uri(
+        req.head
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+    );
     if let Some(headers) = builder.headers_mut() {
         *headers = req.head.headers.clone();
         match upstream.pass_host {
             PassHost::Pass => {
                 if !headers.contains_key(header::HOST) {
-                    if let Some(h) = req.head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                    if let Some(h) = req
+                        .head
+                        .uri
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    {
                         headers.insert(header::HOST, h);
                     }
                 }
             }
             PassHost::Node => {
-                let host = if node.port == 80 { node.host.clone() } else { node.authority.clone() };
+                let host = if node.port == 80 {
+                    node.host.clone()
+                } else {
+                    node.authority.clone()
+                };
                 if let Ok(v) = HeaderValue::from_str(&host) {
                     headers.insert(header::HOST, v);
                 }
             }
             PassHost::Rewrite => {
-                if let Some(v) = upstream.upstream_host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+                if let Some(v) = upstream
+                    .upstream_host
+                    .as_deref()
+                    .and_then(|h| HeaderValue::from_str(h).ok())
+                {
                     headers.insert(header::HOST, v);
                 }
             }
         }
     }
     let request = builder.body(body).map_err(|_| {
-        AttemptError::Connect(ConnectError::Io(std::io::Error::other("request could not be built")))
+        AttemptError::Connect(ConnectError::Io(std::io::Error::other(
+            "request could not be built",
+        )))
     })?;
 
     let sent = tokio::time::timeout(upstream.read_timeout, conn.sender.send_request(request)).await;
@@ -155,7 +207,10 @@ async fn attempt(
         Ok(Err(e)) => Err(AttemptError::Send(e)),
         Ok(Ok(resp)) => {
             let (parts, incoming) = resp.into_parts();
-            Ok(Response::from_parts(parts, RespBody::Upstream(PooledBody::new(incoming, conn))))
+            Ok(Response::from_parts(
+                parts,
+                RespBody::Upstream(PooledBody::new(incoming, conn)),
+            ))
         }
     }
 }
@@ -199,17 +254,28 @@ fn expand_vars(template: &str, req: &RequestState) -> String {
 /// Passive health: count failures per node and mark it down past the
 /// threshold. Only when the upstream configures passive checks.
 fn note_failure(upstream: &Upstream, node: usize, timeout: bool) {
-    let Some(passive) = upstream.checks.as_ref().and_then(|c| c.passive.as_ref()) else { return };
-    let threshold = if timeout { passive.unhealthy.timeouts } else { passive.unhealthy.tcp_failures };
+    let Some(passive) = upstream.checks.as_ref().and_then(|c| c.passive.as_ref()) else {
+        return;
+    };
+    let threshold = if timeout {
+        passive.unhealthy.timeouts
+    } else {
+        passive.unhealthy.tcp_failures
+    };
     let failures = upstream.state.failures[node].fetch_add(1, Ordering::Relaxed) + 1;
     upstream.state.successes[node].store(0, Ordering::Relaxed);
-    if threshold > 0 && failures >= threshold && upstream.state.healthy[node].swap(false, Ordering::Relaxed) {
+    if threshold > 0
+        && failures >= threshold
+        && upstream.state.healthy[node].swap(false, Ordering::Relaxed)
+    {
         tracing::warn!(upstream = %upstream.key, node = %upstream.nodes[node].authority, "node marked unhealthy by passive check");
     }
 }
 
 fn note_status(upstream: &Upstream, node: usize, status: u16) {
-    let Some(passive) = upstream.checks.as_ref().and_then(|c| c.passive.as_ref()) else { return };
+    let Some(passive) = upstream.checks.as_ref().and_then(|c| c.passive.as_ref()) else {
+        return;
+    };
     if passive.unhealthy.http_statuses.contains(&status) {
         let failures = upstream.state.failures[node].fetch_add(1, Ordering::Relaxed) + 1;
         if passive.unhealthy.http_failures > 0

@@ -68,7 +68,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         }
     }
     if !keep(headers, "x-forwarded-port") {
-        headers.insert(HeaderName::from_static("x-forwarded-port"), HeaderValue::from(f.server_port));
+        headers.insert(
+            HeaderName::from_static("x-forwarded-port"),
+            HeaderValue::from(f.server_port),
+        );
     }
 }
 
@@ -79,7 +82,10 @@ mod tests {
     #[test]
     fn connection_named_headers_and_fixed_hop_by_hop_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));

@@ -40,7 +40,9 @@ pub async fn run(live: Arc<Live>) {
                 keep
             });
             for (key, up) in wanted {
-                tasks.entry(key).or_insert_with(|| tokio::spawn(check_upstream(up)));
+                tasks
+                    .entry(key)
+                    .or_insert_with(|| tokio::spawn(check_upstream(up)));
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -55,8 +57,16 @@ enum Probe {
 }
 
 async fn check_upstream(up: Arc<Upstream>) {
-    let Some(active) = up.checks.as_ref().and_then(|c| c.active.clone()) else { return };
-    let interval = Duration::from_secs_f64(active.healthy.interval.min(active.unhealthy.interval).max(0.05));
+    let Some(active) = up.checks.as_ref().and_then(|c| c.active.clone()) else {
+        return;
+    };
+    let interval = Duration::from_secs_f64(
+        active
+            .healthy
+            .interval
+            .min(active.unhealthy.interval)
+            .max(0.05),
+    );
     let timeout = Duration::from_secs_f64(active.timeout.max(0.01));
     // Consecutive outcomes per node: (successes, http failures, tcp failures, timeouts).
     let mut runs = vec![(0u32, 0u32, 0u32, 0u32); up.nodes.len()];
@@ -72,7 +82,9 @@ async fn check_upstream(up: Arc<Upstream>) {
             match probe {
                 Probe::Healthy => {
                     *run = (run.0 + 1, 0, 0, 0);
-                    if run.0 >= active.healthy.successes.max(1) && !healthy.swap(true, Ordering::Relaxed) {
+                    if run.0 >= active.healthy.successes.max(1)
+                        && !healthy.swap(true, Ordering::Relaxed)
+                    {
                         tracing::info!(upstream = %up.key, node = %node.authority, "node healthy again (active check)");
                     }
                 }
@@ -102,7 +114,11 @@ async fn check_upstream(up: Arc<Upstream>) {
     }
 }
 
-async fn probe(target: &str, active: &portcullis_config::model::ActiveCheck, timeout: Duration) -> Probe {
+async fn probe(
+    target: &str,
+    active: &portcullis_config::model::ActiveCheck,
+    timeout: Duration,
+) -> Probe {
     let connect = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await;
     let stream = match connect {
         Err(_) => return Probe::Timeout,
@@ -113,7 +129,9 @@ async fn probe(target: &str, active: &portcullis_config::model::ActiveCheck, tim
         return Probe::Healthy;
     }
     let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .ok()?;
         tokio::spawn(conn);
         let mut req = http::Request::get(active.http_path.as_str()).header(
             http::header::HOST,
@@ -124,7 +142,10 @@ async fn probe(target: &str, active: &portcullis_config::model::ActiveCheck, tim
                 req = req.header(k.trim(), v.trim());
             }
         }
-        let resp = sender.send_request(req.body(Empty::<bytes::Bytes>::new()).ok()?).await.ok()?;
+        let resp = sender
+            .send_request(req.body(Empty::<bytes::Bytes>::new()).ok()?)
+            .await
+            .ok()?;
         Some(resp.status().as_u16())
     };
     match tokio::time::timeout(timeout, exchange).await {

@@ -16,5 +16,6 @@ pub mod ops;
 mod pipeline;
 mod pool;
 mod server;
+mod upstream_tls;
 
 pub use server::{spawn_workers, DataPlane, Shutdown};

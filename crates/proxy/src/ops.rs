@@ -14,7 +14,9 @@ use portcullis_config::Live;
 
 pub async fn serve(listener: tokio::net::TcpListener, live: Arc<Live>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let live = live.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -50,7 +52,14 @@ fn answer(live: &Live, path: &str) -> Response<Full<Bytes>> {
                 "reloads_refused": status.refused_total,
             });
             let ready = status.loaded_at.is_some() && status.last_error.is_none();
-            json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+            json(
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                body,
+            )
         }
         "/metrics" => {
             let status = live.status();
@@ -64,6 +73,9 @@ fn answer(live: &Live, path: &str) -> Response<Full<Bytes>> {
                 .body(Full::new(Bytes::from(text)))
                 .unwrap_or_default()
         }
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error_msg": "not found"})),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error_msg": "not found"}),
+        ),
     }
 }

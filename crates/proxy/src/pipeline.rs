@@ -45,7 +45,11 @@ fn record(plugin: &dyn Plugin, req: &mut RequestState, outcome: Outcome, status:
 }
 
 /// Run one plugin: returns the rejection to answer with, if any.
-async fn run_one(plugin: &dyn Plugin, req: &mut RequestState, enforcing_phase: bool) -> Option<Rejection> {
+async fn run_one(
+    plugin: &dyn Plugin,
+    req: &mut RequestState,
+    enforcing_phase: bool,
+) -> Option<Rejection> {
     let rejection = decide(plugin, req).await;
     match rejection {
         None => {
@@ -66,14 +70,21 @@ async fn run_one(plugin: &dyn Plugin, req: &mut RequestState, enforcing_phase: b
 }
 
 fn is_enforcing(phase: Phase) -> bool {
-    matches!(phase, Phase::Authenticate | Phase::Authorize | Phase::Limit | Phase::Validate)
+    matches!(
+        phase,
+        Phase::Authenticate | Phase::Authorize | Phase::Limit | Phase::Validate
+    )
 }
 
 /// Run every plugin of `phase` in order. The first rejection ends the
 /// request, except in Authenticate: there the first plugin that
 /// authenticates wins, and only if none does is the first rejection answered
 /// (APISIX's multi-auth).
-pub async fn run_phase(route: &CompiledRoute, phase: Phase, req: &mut RequestState) -> Option<Rejection> {
+pub async fn run_phase(
+    route: &CompiledRoute,
+    phase: Phase,
+    req: &mut RequestState,
+) -> Option<Rejection> {
     let plugins = route.plugins_in(phase);
     if plugins.is_empty() {
         return None;
@@ -108,9 +119,19 @@ pub async fn run_phase(route: &CompiledRoute, phase: Phase, req: &mut RequestSta
     }
     let (plugin, r) = first_rejection?;
     if plugin.dry_run() {
-        record(plugin.as_ref(), req, Outcome::WouldReject, Some(r.status.as_u16()));
+        record(
+            plugin.as_ref(),
+            req,
+            Outcome::WouldReject,
+            Some(r.status.as_u16()),
+        );
         return None;
     }
-    record(plugin.as_ref(), req, Outcome::Reject, Some(r.status.as_u16()));
+    record(
+        plugin.as_ref(),
+        req,
+        Outcome::Reject,
+        Some(r.status.as_u16()),
+    );
     Some(r)
 }

@@ -46,11 +46,39 @@ pub struct Conn {
 pub enum ConnectError {
     Timeout,
     Io(std::io::Error),
+    Tls(std::io::Error),
     Handshake(hyper::Error),
 }
 
-/// An idle connection to `authority`, or a new one.
-pub async fn checkout(authority: &str, connect_timeout: Duration, reuse: Reuse) -> Result<Conn, ConnectError> {
+/// Where to connect: a `host:port`, and for https upstreams the name to
+/// send as SNI and verify, with the TLS settings.
+pub struct Target<'a> {
+    pub authority: &'a str,
+    pub tls: Option<(
+        rustls::pki_types::ServerName<'static>,
+        std::sync::Arc<rustls::ClientConfig>,
+    )>,
+}
+
+impl Target<'_> {
+    /// Plain and TLS connections to one address are pooled apart, and TLS
+    /// ones by the name they were verified for.
+    fn pool_key(&self) -> String {
+        match &self.tls {
+            None => self.authority.to_string(),
+            Some((name, _)) => format!("https://{}@{}", name.to_str(), self.authority),
+        }
+    }
+}
+
+/// An idle connection to the target, or a new one.
+pub async fn checkout(
+    target: &Target<'_>,
+    connect_timeout: Duration,
+    reuse: Reuse,
+) -> Result<Conn, ConnectError> {
+    let key = target.pool_key();
+    let authority = key.as_str();
     // An idle connection may still be finishing its previous response on
     // the connection task; `ready()` waits for that (a few microseconds) or
     // reports that the upstream closed it.
@@ -64,18 +92,42 @@ pub async fn checkout(authority: &str, connect_timeout: Duration, reuse: Reuse) 
             });
         }
     }
-    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(authority))
-        .await
-        .map_err(|_| ConnectError::Timeout)?
-        .map_err(ConnectError::Io)?;
+    let stream = tokio::time::timeout(
+        connect_timeout,
+        tokio::net::TcpStream::connect(target.authority),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout)?
+    .map_err(ConnectError::Io)?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(ConnectError::Handshake)?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    let sender = match &target.tls {
+        None => {
+            let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(ConnectError::Handshake)?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            sender
+        }
+        Some((name, config)) => {
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let tls =
+                tokio::time::timeout(connect_timeout, connector.connect(name.clone(), stream))
+                    .await
+                    .map_err(|_| ConnectError::Timeout)?
+                    .map_err(ConnectError::Tls)?;
+            let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                .handshake(TokioIo::new(tls))
+                .await
+                .map_err(ConnectError::Handshake)?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            sender
+        }
+    };
     Ok(Conn {
         sender,
         key: authority.to_string(),
@@ -128,7 +180,10 @@ pub struct PooledBody {
 
 impl PooledBody {
     pub fn new(body: Incoming, conn: Conn) -> Self {
-        let mut pooled = PooledBody { body, conn: Some(conn) };
+        let mut pooled = PooledBody {
+            body,
+            conn: Some(conn),
+        };
         if pooled.body.is_end_stream() {
             pooled.release();
         }
@@ -146,7 +201,10 @@ impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),

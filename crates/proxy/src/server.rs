@@ -68,24 +68,36 @@ impl Shutdown {
 /// Start `workers` threads, each with a current-thread runtime and its own
 /// SO_REUSEPORT socket on every listen address. Binding happens here, so a
 /// port in use is reported before anything runs.
-pub fn spawn_workers(dp: Arc<DataPlane>, workers: usize, shutdown: Shutdown) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+pub fn spawn_workers(
+    dp: Arc<DataPlane>,
+    workers: usize,
+    shutdown: Shutdown,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
     for worker in 0..workers.max(1) {
         let listeners = dp
             .settings
             .listen
             .iter()
-            .map(|addr| bind_reuseport(*addr).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))))
+            .map(|addr| {
+                bind_reuseport(*addr).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })
+            })
             .collect::<std::io::Result<Vec<_>>>()?;
         let dp = dp.clone();
         let shutdown = shutdown.clone();
-        handles.push(std::thread::Builder::new().name(format!("worker-{worker}")).spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("worker runtime");
-            rt.block_on(run_worker(dp, listeners, shutdown));
-        })?);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{worker}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("worker runtime");
+                    rt.block_on(run_worker(dp, listeners, shutdown));
+                })?,
+        );
     }
     Ok(handles)
 }
@@ -100,14 +112,19 @@ async fn run_worker(dp: Arc<DataPlane>, listeners: Vec<std::net::TcpListener>, s
                 continue;
             }
         };
-        tasks.push(tokio::spawn(accept_loop(dp.clone(), listener, shutdown.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            dp.clone(),
+            listener,
+            shutdown.clone(),
+        )));
     }
     for t in tasks {
         let _ = t.await;
     }
     // Listeners are closed; wait for this worker's connections to finish,
     // within the drain bound.
-    let deadline = Instant::now() + Duration::from_secs_f64(dp.settings.http.drain_timeout.max(0.0));
+    let deadline =
+        Instant::now() + Duration::from_secs_f64(dp.settings.http.drain_timeout.max(0.0));
     while shutdown.active_connections() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -143,7 +160,11 @@ async fn accept_loop(dp: Arc<DataPlane>, listener: tokio::net::TcpListener, shut
 struct SharedStream(Arc<TcpStream>);
 
 impl AsyncRead for SharedStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         loop {
             std::task::ready!(self.0.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
@@ -160,7 +181,11 @@ impl AsyncRead for SharedStream {
 }
 
 impl AsyncWrite for SharedStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         loop {
             std::task::ready!(self.0.poll_write_ready(cx))?;
             match self.0.try_write(data) {
@@ -189,7 +214,13 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn serve_connection(dp: Arc<DataPlane>, stream: TcpStream, peer: SocketAddr, local_port: u16, shutdown: Shutdown) {
+async fn serve_connection(
+    dp: Arc<DataPlane>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local_port: u16,
+    shutdown: Shutdown,
+) {
     shutdown.active_connections.fetch_add(1, Ordering::Relaxed);
     let _guard = ConnectionGuard(shutdown.active_connections.clone());
     let stream = SharedStream(Arc::new(stream));
@@ -199,11 +230,16 @@ async fn serve_connection(dp: Arc<DataPlane>, stream: TcpStream, peer: SocketAdd
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs_f64(limits.header_read_timeout.max(0.001)))
+        .header_read_timeout(Duration::from_secs_f64(
+            limits.header_read_timeout.max(0.001),
+        ))
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32);
 
     let svc_dp = dp.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -225,9 +261,9 @@ async fn serve_connection(dp: Arc<DataPlane>, stream: TcpStream, peer: SocketAdd
             .downcast_ref::<hyper::Error>()
             .is_some_and(|e| e.is_timeout());
         if timed_out {
-            let _ = stream
-                .0
-                .try_write(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+            let _ = stream.0.try_write(
+                b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            );
         }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
@@ -253,7 +289,12 @@ struct Trace {
     upstream: UpstreamOutcome,
 }
 
-async fn handle(dp: &DataPlane, req: Request<Incoming>, peer: SocketAddr, local_port: u16) -> Response<RespBody> {
+async fn handle(
+    dp: &DataPlane,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local_port: u16,
+) -> Response<RespBody> {
     let started = Instant::now();
     let snapshot = dp.live.load();
     let (parts, body) = req.into_parts();
@@ -274,7 +315,11 @@ async fn handle(dp: &DataPlane, req: Request<Incoming>, peer: SocketAddr, local_
             vars: &st,
         })
         .map(|m| {
-            let params: Vec<(String, String)> = m.params().iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let params: Vec<(String, String)> = m
+                .params()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             (m.index, params)
         });
     let response = match found {
@@ -306,14 +351,20 @@ async fn run_route(
     body: Incoming,
     trace: &mut Trace,
 ) -> Result<Response<RespBody>, Rejection> {
-    for phase in [Phase::Rewrite, Phase::Authenticate, Phase::Authorize, Phase::Limit] {
+    for phase in [
+        Phase::Rewrite,
+        Phase::Authenticate,
+        Phase::Authorize,
+        Phase::Limit,
+    ] {
         if let Some(r) = crate::pipeline::run_phase(route, phase, st).await {
             return Err(r);
         }
     }
     let mut body = Some(body);
     if let Some(limit) = route.body_limit {
-        st.body = Some(buffer_body(body.take().expect("body present"), &st.head.headers, limit).await?);
+        st.body =
+            Some(buffer_body(body.take().expect("body present"), &st.head.headers, limit).await?);
     }
     for phase in [Phase::Validate, Phase::BeforeProxy] {
         if let Some(r) = crate::pipeline::run_phase(route, phase, st).await {
@@ -339,7 +390,10 @@ async fn run_route(
     };
     let mut resp = forward(upstream, st, req_body, &mut trace.upstream).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let (Some(client), Some(upstream_side)) = (client_upgrade, resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()) {
+        if let (Some(client), Some(upstream_side)) = (
+            client_upgrade,
+            resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>(),
+        ) {
             tokio::spawn(splice_upgraded(client, upstream_side));
         }
         return Ok(resp);
@@ -358,7 +412,9 @@ fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
 /// Copy bytes both ways between the client and the upstream once both
 /// sides have switched protocols.
 async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else { return };
+    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+        return;
+    };
     let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -366,8 +422,13 @@ async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upg
 
 /// Read the body up to `limit`. A declared length above it is refused before
 /// a byte is read; a stream that crosses it is refused when it does.
-async fn buffer_body(body: Incoming, headers: &http::HeaderMap, limit: usize) -> Result<Bytes, Rejection> {
-    let too_large = || Rejection::error_msg(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+async fn buffer_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Bytes, Rejection> {
+    let too_large =
+        || Rejection::error_msg(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -378,12 +439,19 @@ async fn buffer_body(body: Incoming, headers: &http::HeaderMap, limit: usize) ->
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(Rejection::error_msg(StatusCode::BAD_REQUEST, "failed to read request body")),
+        Err(_) => Err(Rejection::error_msg(
+            StatusCode::BAD_REQUEST,
+            "failed to read request body",
+        )),
     }
 }
 
 fn prepare_upstream_headers(dp: &DataPlane, st: &mut RequestState, websocket: bool) {
-    let trust_inbound = dp.settings.trusted_addresses.iter().any(|n| n.contains(&st.peer_addr.ip()));
+    let trust_inbound = dp
+        .settings
+        .trusted_addresses
+        .iter()
+        .any(|n| n.contains(&st.peer_addr.ip()));
     let host = st.host().map(str::to_string);
     let upgrade = st.head.headers.get(header::UPGRADE).cloned();
     let headers = &mut st.head.headers;
@@ -410,7 +478,11 @@ fn prepare_upstream_headers(dp: &DataPlane, st: &mut RequestState, websocket: bo
 
 /// Response hooks of the route's plugins; buffered body rewrites when a
 /// plugin asks for them.
-async fn finish_response(route: &CompiledRoute, st: &RequestState, resp: Response<RespBody>) -> Response<RespBody> {
+async fn finish_response(
+    route: &CompiledRoute,
+    st: &RequestState,
+    resp: Response<RespBody>,
+) -> Response<RespBody> {
     if route.plugins.is_empty() {
         return resp;
     }
@@ -425,7 +497,10 @@ async fn finish_response(route: &CompiledRoute, st: &RequestState, resp: Respons
     let mut bytes = match Limited::new(body, MAX_REWRITTEN_BODY).collect().await {
         Ok(c) => c.to_bytes(),
         Err(_) => {
-            return rejection_response(Rejection::error_msg(StatusCode::BAD_GATEWAY, "upstream response could not be rewritten"));
+            return rejection_response(Rejection::error_msg(
+                StatusCode::BAD_GATEWAY,
+                "upstream response could not be rewritten",
+            ));
         }
     };
     for plugin in &route.plugins {

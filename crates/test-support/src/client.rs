@@ -28,8 +28,15 @@ impl Response {
 }
 
 /// Send one request. `url` is `http://127.0.0.1:PORT/path?query`.
-pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> std::io::Result<Response> {
-    let uri: http::Uri = url.parse().map_err(|e| std::io::Error::other(format!("bad url {url}: {e}")))?;
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> std::io::Result<Response> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("bad url {url}: {e}")))?;
     let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
     let stream = tokio::net::TcpStream::connect(&authority).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -49,9 +56,16 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: im
     let req = req
         .body(Full::new(body.into()))
         .map_err(std::io::Error::other)?;
-    let resp = sender.send_request(req).await.map_err(std::io::Error::other)?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)?;
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     Ok(Response {
         status: parts.status.as_u16(),
         headers: parts.headers,

@@ -132,13 +132,26 @@ fn spawn(config_path: &Path, env: &[(&str, &str)]) -> Child {
     }
     // Output goes to files beside the config, so a failing test can show it.
     let dir = config_path.parent().expect("config has a directory");
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stdout.log")).expect("stdout log");
-    let err = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stderr.log")).expect("stderr log");
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stdout.log"))
+        .expect("stdout log");
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stderr.log"))
+        .expect("stderr log");
     cmd.stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it with cargo build)", binary_path().display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (build it with cargo build)",
+                binary_path().display()
+            )
+        })
 }
 
 /// Replace a file in one step, as editors and config management do.

@@ -40,13 +40,17 @@ impl RecordingUpstream {
     /// Start on a free loopback port; answers 200 with
     /// `{"method","uri","headers","body"}`.
     pub async fn start() -> RecordingUpstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("local addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let log = log.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -60,11 +64,22 @@ impl RecordingUpstream {
                                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                             }
                             let status = segment_after(&path, "status").unwrap_or(200) as u16;
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let headers: serde_json::Map<String, serde_json::Value> = parts
                                 .headers
                                 .iter()
-                                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+                                .map(|(k, v)| {
+                                    (
+                                        k.to_string(),
+                                        serde_json::Value::String(
+                                            v.to_str().unwrap_or("").to_string(),
+                                        ),
+                                    )
+                                })
                                 .collect();
                             let echo = serde_json::json!({
                                 "method": parts.method.as_str(),
