@@ -64,7 +64,12 @@ impl Live {
         match result {
             Ok(snap) => {
                 let version = snap.version;
-                self.current.store(Arc::new(snap));
+                let previous = self.current.swap(Arc::new(snap));
+                // Freeing a large snapshot takes milliseconds: do it off the
+                // writer's path (requests may still hold it anyway).
+                let _ = std::thread::Builder::new()
+                    .name("snapshot-drop".into())
+                    .spawn(move || drop(previous));
                 status.loaded_at = Some(SystemTime::now());
                 status.last_error = None;
                 status.applied_total += 1;

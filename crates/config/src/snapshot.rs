@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use portcullis_core::request::RouteInfo;
 use portcullis_core::{ConfigError, Consumer, Phase, Plugin};
-use portcullis_plugins::consumers::CredentialSource;
+use portcullis_plugins::consumers::{AddCredentials, CredentialSource};
 use portcullis_plugins::{build_plugin, BuildContext, ConsumerIndex, SharedState};
 use portcullis_router::{RouteSpec, Router};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::model::{self, PluginMap};
+use crate::model;
 use crate::raw::{Kind, RawConfig, RawResource};
 use crate::upstream::{Upstream, UpstreamState};
 
@@ -98,7 +98,7 @@ impl Runtime {
 }
 
 fn parse<T: DeserializeOwned>(r: &RawResource) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(r.value.clone()).map_err(|e| {
+    serde_path_to_error::deserialize(&r.value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         ConfigError::new(path, e.into_inner().to_string()).in_resource(r.origin.clone())
@@ -107,11 +107,11 @@ fn parse<T: DeserializeOwned>(r: &RawResource) -> Result<T, ConfigError> {
 
 /// Parse every resource of one kind; collect errors rather than stopping at
 /// the first, so `validate` lists them all.
-fn parse_all<T: DeserializeOwned>(
-    raw: &RawConfig,
+fn parse_all<'a, T: DeserializeOwned>(
+    raw: &'a RawConfig,
     kind: Kind,
     errors: &mut Vec<ConfigError>,
-) -> Vec<(RawResource, T)> {
+) -> Vec<(&'a RawResource, T)> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for r in raw.of(kind) {
@@ -123,7 +123,7 @@ fn parse_all<T: DeserializeOwned>(
             continue;
         }
         match parse::<T>(r) {
-            Ok(t) => out.push((r.clone(), t)),
+            Ok(t) => out.push((r, t)),
             Err(e) => errors.push(e),
         }
     }
@@ -134,22 +134,22 @@ fn parse_all<T: DeserializeOwned>(
 /// returned, each naming its resource and field.
 pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    let upstream_defs: Vec<(RawResource, model::Upstream)> =
+    let upstream_defs: Vec<(&RawResource, model::Upstream)> =
         parse_all(&raw, Kind::Upstreams, &mut errors);
-    let service_defs: Vec<(RawResource, model::Service)> =
+    let service_defs: Vec<(&RawResource, model::Service)> =
         parse_all(&raw, Kind::Services, &mut errors);
-    let route_defs: Vec<(RawResource, model::Route)> = parse_all(&raw, Kind::Routes, &mut errors);
-    let consumer_defs: Vec<(RawResource, model::Consumer)> =
+    let route_defs: Vec<(&RawResource, model::Route)> = parse_all(&raw, Kind::Routes, &mut errors);
+    let consumer_defs: Vec<(&RawResource, model::Consumer)> =
         parse_all(&raw, Kind::Consumers, &mut errors);
-    let credential_defs: Vec<(RawResource, model::Credential)> =
+    let credential_defs: Vec<(&RawResource, model::Credential)> =
         parse_all(&raw, Kind::Credentials, &mut errors);
-    let group_defs: Vec<(RawResource, model::PluginSet)> =
+    let group_defs: Vec<(&RawResource, model::PluginSet)> =
         parse_all(&raw, Kind::ConsumerGroups, &mut errors);
-    let plugin_config_defs: Vec<(RawResource, model::PluginSet)> =
+    let plugin_config_defs: Vec<(&RawResource, model::PluginSet)> =
         parse_all(&raw, Kind::PluginConfigs, &mut errors);
-    let global_defs: Vec<(RawResource, model::PluginSet)> =
+    let global_defs: Vec<(&RawResource, model::PluginSet)> =
         parse_all(&raw, Kind::GlobalRules, &mut errors);
-    let ssl_defs: Vec<(RawResource, model::Ssl)> = parse_all(&raw, Kind::Ssls, &mut errors);
+    let ssl_defs: Vec<(&RawResource, model::Ssl)> = parse_all(&raw, Kind::Ssls, &mut errors);
 
     // Upstreams by id.
     let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
@@ -168,7 +168,7 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
     }
     let services: HashMap<&str, (&RawResource, &model::Service)> = service_defs
         .iter()
-        .map(|(r, s)| (r.id.as_str(), (r, s)))
+        .map(|(r, s)| (r.id.as_str(), (*r, s)))
         .collect();
     let plugin_configs: HashMap<&str, &model::PluginSet> = plugin_config_defs
         .iter()
@@ -224,7 +224,12 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
     let mut global_plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     for (r, g) in &global_defs {
         let owner = format!("global_rules/{}", r.id);
-        match build_plugins(&g.plugins, &owner, &index, runtime) {
+        match build_plugins(
+            g.plugins.iter().map(|(k, v)| (k.as_str(), v)),
+            &owner,
+            &index,
+            runtime,
+        ) {
             Ok(p) => global_plugins.extend(p),
             Err(e) => errors.extend(e.into_iter().map(|e| e.in_resource(r.origin.clone()))),
         }
@@ -297,8 +302,8 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
     })
 }
 
-fn build_plugins(
-    plugins: &PluginMap,
+fn build_plugins<'a>(
+    plugins: impl IntoIterator<Item = (&'a str, &'a Value)>,
     owner: &str,
     consumers: &Arc<ConsumerIndex>,
     runtime: &Runtime,
@@ -355,17 +360,20 @@ fn compile_route(
     };
 
     // Plugins: service < plugin_config < route, by name (APISIX's precedence).
-    let mut merged: PluginMap = BTreeMap::new();
+    let mut merged: BTreeMap<&str, &Value> = BTreeMap::new();
     if let Some(s) = service {
-        merged.extend(s.plugins.clone());
+        merged.extend(s.plugins.iter().map(|(k, v)| (k.as_str(), v)));
     }
     if let Some(id) = &route.plugin_config_id {
         match plugin_configs.get(id.0.as_str()) {
-            Some(pc) => merged.extend(pc.plugins.clone()),
-            None => errors.push(err("plugin_config_id", format!("failed to fetch plugin config info by plugin config id [{id}], response code: 404"))),
+            Some(pc) => merged.extend(pc.plugins.iter().map(|(k, v)| (k.as_str(), v))),
+            None => errors.push(err(
+                "plugin_config_id",
+                format!("failed to fetch plugin config info by plugin config id [{id}], response code: 404"),
+            )),
         }
     }
-    merged.extend(route.plugins.clone());
+    merged.extend(route.plugins.iter().map(|(k, v)| (k.as_str(), v)));
 
     // Upstream: the route's own, else the service's.
     let route_timeout = route.timeout.as_ref();
@@ -435,7 +443,7 @@ fn compile_route(
     };
 
     let owner = format!("routes/{}", r.id);
-    let route_plugins = match build_plugins(&merged, &owner, consumers, runtime) {
+    let route_plugins = match build_plugins(merged, &owner, consumers, runtime) {
         Ok(p) => p,
         Err(e) => {
             errors.extend(e);

@@ -10,7 +10,7 @@ pub mod error;
 pub mod phase;
 pub mod request;
 
-pub use consumer::Consumer;
+pub use consumer::{Consumer, ConsumerIndex, IndexedCredential};
 pub use decision::{Decision, Outcome};
 pub use error::ConfigError;
 pub use phase::{Flow, Phase, Plugin, Rejection};

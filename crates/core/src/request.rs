@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use portcullis_router::expr::VarLookup;
 
-use crate::consumer::Identity;
+use crate::consumer::{ConsumerIndex, Identity};
 use crate::decision::Decision;
 
 /// Names and labels of the matched route, for plugins and the log.
@@ -38,6 +38,8 @@ pub struct RequestState {
     /// Path parameters captured by the route's uri pattern.
     pub path_params: Vec<(String, String)>,
     pub identity: Option<Identity>,
+    /// The credential index of the snapshot serving this request.
+    pub consumers: Arc<ConsumerIndex>,
     /// The buffered body, when a plugin on the route asked for it.
     pub body: Option<Bytes>,
     /// Headers to add to the response whatever it is (rate limit quotas,
@@ -63,6 +65,7 @@ impl RequestState {
             route: Arc::new(RouteInfo::default()),
             path_params: Vec::new(),
             identity: None,
+            consumers: empty_index(),
             body: None,
             response_headers: HeaderMap::new(),
             decisions: Vec::new(),
@@ -112,6 +115,12 @@ impl RequestState {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v)
     }
+}
+
+/// One shared empty index, so a new request state allocates none.
+fn empty_index() -> Arc<ConsumerIndex> {
+    static EMPTY: std::sync::OnceLock<Arc<ConsumerIndex>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Arc::default).clone()
 }
 
 fn strip_port(host: &str) -> &str {

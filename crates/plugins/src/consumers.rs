@@ -5,7 +5,6 @@
 //! Lookup keys of secret credentials (API keys) are digests, never the
 //! secret itself, so the index holds nothing an attacker could replay.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use portcullis_core::{ConfigError, Consumer};
@@ -22,20 +21,7 @@ pub struct CredentialConf {
     pub conf: Value,
 }
 
-#[derive(Debug, Clone)]
-pub struct IndexedCredential {
-    pub consumer: Arc<Consumer>,
-    /// The credential resource id, when it came from one; `None` when the
-    /// secret sits directly on the consumer.
-    pub credential_id: Option<Arc<str>>,
-    pub conf: Arc<Value>,
-}
-
-#[derive(Debug, Default)]
-pub struct ConsumerIndex {
-    by_plugin: HashMap<&'static str, HashMap<String, IndexedCredential>>,
-    by_name: HashMap<Arc<str>, Arc<Consumer>>,
-}
+pub use portcullis_core::consumer::{ConsumerIndex, IndexedCredential};
 
 /// One source of credentials: a consumer's own plugins, or a credential
 /// resource of it.
@@ -45,27 +31,17 @@ pub struct CredentialSource<'a> {
     pub plugins: &'a std::collections::BTreeMap<String, Value>,
 }
 
-impl ConsumerIndex {
-    pub fn consumer(&self, username: &str) -> Option<&Arc<Consumer>> {
-        self.by_name.get(username)
-    }
+/// Indexing credentials needs the registry (which plugins are auth plugins
+/// and how each reads its config), so it lives here, beside the registry.
+pub trait AddCredentials {
+    fn add(&mut self, source: CredentialSource<'_>) -> Result<(), ConfigError>;
+}
 
-    pub fn add_consumer(&mut self, consumer: Arc<Consumer>) {
-        self.by_name.insert(consumer.username.clone(), consumer);
-    }
-
-    pub fn lookup(&self, plugin: &str, key: &str) -> Option<&IndexedCredential> {
-        self.by_plugin.get(plugin)?.get(key)
-    }
-
-    pub fn credentials_of(&self, plugin: &str) -> usize {
-        self.by_plugin.get(plugin).map_or(0, HashMap::len)
-    }
-
+impl AddCredentials for ConsumerIndex {
     /// Index the auth plugins of one source. Plugins that are not auth
     /// plugins are left for the caller (consumer-level plugins such as
     /// limit-count are built as ordinary plugins). Errors name the plugin.
-    pub fn add(&mut self, source: CredentialSource<'_>) -> Result<(), ConfigError> {
+    fn add(&mut self, source: CredentialSource<'_>) -> Result<(), ConfigError> {
         for (name, conf) in source.plugins {
             let Some(spec) = crate::registry::plugin_spec(name) else {
                 return Err(ConfigError::new(
@@ -86,28 +62,21 @@ impl ConsumerIndex {
                 )
                 .under(&format!("plugins.{name}"))
             })?;
-            let entries = self.by_plugin.entry(spec.name).or_default();
-            if let Some(existing) = entries.get(&cred.lookup_key) {
-                if existing.consumer.username != source.consumer.username
-                    || existing.credential_id != source.credential_id
-                {
-                    return Err(ConfigError::new(
-                        format!("plugins.{name}"),
-                        format!(
-                            "duplicate {name} credential: already used by consumer {}",
-                            existing.consumer.username
-                        ),
-                    ));
-                }
+            let lookup_key = cred.lookup_key;
+            let credential = IndexedCredential {
+                consumer: source.consumer.clone(),
+                credential_id: source.credential_id.clone(),
+                conf: Arc::new(cred.conf),
+            };
+            if let Err(holder) = self.insert_credential(spec.name, lookup_key, credential) {
+                return Err(ConfigError::new(
+                    format!("plugins.{name}"),
+                    format!(
+                        "duplicate {name} credential: already used by consumer {}",
+                        holder.username
+                    ),
+                ));
             }
-            entries.insert(
-                cred.lookup_key,
-                IndexedCredential {
-                    consumer: source.consumer.clone(),
-                    credential_id: source.credential_id.clone(),
-                    conf: Arc::new(cred.conf),
-                },
-            );
         }
         Ok(())
     }

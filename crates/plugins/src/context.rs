@@ -63,7 +63,7 @@ impl SharedState {
 
 /// Deserialize a plugin config, naming the failing field.
 pub fn parse_conf<T: DeserializeOwned>(conf: &Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(conf.clone()).map_err(|e| {
+    serde_path_to_error::deserialize(conf).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         ConfigError::new(path, e.into_inner().to_string())

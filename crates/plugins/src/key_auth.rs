@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::consumers::{ConsumerIndex, CredentialConf};
+use crate::consumers::CredentialConf;
 use crate::context::{parse_conf, BuildContext};
 use crate::registry::PluginSpec;
 
@@ -152,10 +152,9 @@ struct KeyAuth {
     www_authenticate: HeaderValue,
     hide_credentials: bool,
     anonymous_consumer: Option<String>,
-    consumers: Arc<ConsumerIndex>,
 }
 
-fn build(conf: &Value, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError> {
+fn build(conf: &Value, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError> {
     let conf: Conf = parse_conf(conf)?;
     let fallback = (conf.header.is_none() && conf.query.is_none()).then_some(FALLBACK_HEADER);
     let header_name = conf.header.as_deref().unwrap_or(DEFAULT_NAME);
@@ -189,7 +188,6 @@ fn build(conf: &Value, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigErro
         www_authenticate,
         hide_credentials: conf.hide_credentials,
         anonymous_consumer: conf.anonymous_consumer,
-        consumers: ctx.consumers.clone(),
     }))
 }
 
@@ -314,7 +312,7 @@ impl KeyAuth {
         if self.hide_credentials {
             self.strip_credentials(req);
         }
-        match self.consumers.consumer(anonymous) {
+        match req.consumers.consumer(anonymous) {
             Some(consumer) => {
                 let consumer = consumer.clone();
                 self.attach(req, consumer, None)
@@ -343,7 +341,8 @@ impl Plugin for KeyAuth {
             }
             Presented::One(key) => digest(&key),
         };
-        let Some(found) = self.consumers.lookup(NAME, &lookup) else {
+        // The index comes with the request, from the snapshot serving it.
+        let Some(found) = req.consumers.lookup(NAME, &lookup) else {
             return self.unauthenticated(req, INVALID, "invalid API key");
         };
         let (consumer, credential_id) = (found.consumer.clone(), found.credential_id.clone());
@@ -361,7 +360,7 @@ mod tests {
     use portcullis_core::Outcome;
 
     use super::*;
-    use crate::consumers::CredentialSource;
+    use crate::consumers::{AddCredentials, ConsumerIndex, CredentialSource};
     use crate::context::SharedState;
     use crate::registry::build_plugin;
 
@@ -415,7 +414,9 @@ mod tests {
             b = b.header(*k, *v);
         }
         let (head, ()) = b.body(()).unwrap().into_parts();
-        RequestState::new(head, "10.0.0.7:5555".parse().unwrap(), "http", 9080)
+        let mut req = RequestState::new(head, "10.0.0.7:5555".parse().unwrap(), "http", 9080);
+        req.consumers = index();
+        req
     }
 
     fn rejected(flow: Flow) -> Rejection {

@@ -105,7 +105,11 @@ struct Meta {
 }
 
 /// Separate `_meta` from the plugin's own settings.
-fn split_meta(conf: &Value) -> Result<(Value, Meta), ConfigError> {
+fn split_meta(conf: &Value) -> Result<(std::borrow::Cow<'_, Value>, Meta), ConfigError> {
+    // Most configs have no `_meta`: hand them on without a copy.
+    if matches!(conf, Value::Object(m) if !m.contains_key("_meta")) {
+        return Ok((std::borrow::Cow::Borrowed(conf), Meta::default()));
+    }
     let mut conf = match conf {
         Value::Object(m) => m.clone(),
         Value::Null => serde_json::Map::new(),
@@ -131,7 +135,7 @@ fn split_meta(conf: &Value) -> Result<(Value, Meta), ConfigError> {
             }
         }
     }
-    Ok((Value::Object(conf), meta))
+    Ok((std::borrow::Cow::Owned(Value::Object(conf)), meta))
 }
 
 #[cfg(test)]

@@ -299,6 +299,7 @@ async fn handle(
     let snapshot = dp.live.load();
     let (parts, body) = req.into_parts();
     let mut st = RequestState::new(parts, peer, "http", local_port);
+    st.consumers = snapshot.consumers.clone();
     let mut trace = Trace {
         started,
         route_id: None,
