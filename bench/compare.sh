@@ -4,7 +4,7 @@
 #
 #   bench/compare.sh [--rounds N] [--duration S] [--connections C] [--threads T]
 #                    [--scenario bare|routes10|routes1000|routes10000|key-auth|limit-count]
-#                    [--no-build] [--keep]
+#                    [--no-build] [--bin PATH] [--alt-bin PATH] [--keep]
 #
 # Layout (2+ CPUs): each proxy pinned to CPU 0 (one worker each), the upstream
 # (nginx, fixed 1 KiB body) and wrk share CPU 1.
@@ -13,7 +13,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
 
-rounds=3 duration=10 connections=50 threads=1 scenario=bare build=1 keep=0
+rounds=3 duration=10 connections=50 threads=1 scenario=bare build=1 keep=0 bin= alt_bin=
 usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -23,6 +23,8 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --scenario) scenario=$2; shift 2 ;;
     --no-build) build=0; shift ;;
+    --bin) bin=$2; build=0; shift 2 ;;
+    --alt-bin) alt_bin=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
@@ -59,7 +61,7 @@ cpus=$(nproc)
 # --- portcullis -----------------------------------------------------------------
 target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")
-BIN="$target_dir/release/portcullis"
+BIN=${bin:-$target_dir/release/portcullis}
 if [ "$build" -eq 1 ]; then
   say "cargo build --release -p portcullis (fat LTO: a few minutes on 2 cores)"
   (cd "$ROOT" && cargo build --release -p portcullis)
@@ -115,7 +117,7 @@ tree() { echo "$1" $(pgrep -P "$1" || true); }
 vmhwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
 # --- start everything ----------------------------------------------------------
-read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics <<<"$(free_ports 8)"
+read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics a_port a_admin a_metrics <<<"$(free_ports 11)"
 path=/bench/item
 headers=()
 [ "$scenario" = key-auth ] && headers=(-H "apikey: bench-key-0123456789")
@@ -153,6 +155,20 @@ if [[ "$scenario" == routes* ]] && [ "$scenario" != routes10 ]; then
   targets+=(portcullis-routes10)
   port_of[portcullis-routes10]=$b_port
   pid_of[portcullis-routes10]=$b_pid
+fi
+
+if [ -n "$alt_bin" ]; then
+  # A second portcullis build (e.g. a branch) on the same config, interleaved.
+  [ -x "$alt_bin" ] || die "--alt-bin $alt_bin is not an executable"
+  python3 "$BENCH/gen.py" portcullis "$work/portcullis-alt.yaml" --work "$work" --port "$a_port" --upstream "$up_port" \
+    --admin "$a_admin" --metrics "$a_metrics" --scenario "$scenario"
+  say "portcullis-alt ($alt_bin) on :$a_port (CPU 0)"
+  taskset -c 0 "$alt_bin" serve --config "$work/portcullis-alt.yaml" >"$work/portcullis-alt.out" 2>&1 &
+  a_pid=$!; pids+=("$a_pid")
+  wait_port "$a_port" "$a_pid" "portcullis-alt" "$work/portcullis-alt.out"
+  targets+=(portcullis-alt)
+  port_of[portcullis-alt]=$a_port
+  pid_of[portcullis-alt]=$a_pid
 fi
 
 # Every proxy must answer the measured request with 200 before we measure.

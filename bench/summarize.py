@@ -110,6 +110,12 @@ def main():
               f"{fmt(ratio(med('portcullis', 'cpu_us_per_req'), med(base, 'cpu_us_per_req')), '.2f')}x, p99 "
               f"{fmt(ratio(med('portcullis', 'p99_ms'), med(base, 'p99_ms')), '.2f')}x, peak RSS "
               f"{fmt(ratio(mem.get('portcullis'), mem.get(base)), '.2f')}x")
+    if "portcullis-alt" in rows and "portcullis" in rows:
+        a, b = "portcullis-alt", "portcullis"
+        print(f"portcullis-alt/portcullis: req/s {fmt(ratio(med(a, 'rps'), med(b, 'rps')), '.2f')}x, "
+              f"CPU/req {fmt(ratio(med(a, 'cpu_us_per_req'), med(b, 'cpu_us_per_req')), '.2f')}x, "
+              f"p99 {fmt(ratio(med(a, 'p99_ms'), med(b, 'p99_ms')), '.2f')}x, "
+              f"peak RSS {fmt(ratio(mem.get(a), mem.get(b)), '.2f')}x")
     print()
     print("busy = proxy CPU time / wall time; below ~95% the proxy was not the bottleneck")
     print("(wrk or the upstream on CPU 1 was), and req/s ratios understate the CPU difference.")

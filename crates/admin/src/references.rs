@@ -58,12 +58,12 @@ mod tests {
 
     fn config() -> RawConfig {
         let mut c = RawConfig::default();
-        let mut add = |kind, id: &str, value| {
+        let mut add = |kind, id: &str, value: serde_json::Value| {
             c.push(
                 kind,
                 RawResource {
                     id: id.into(),
-                    value,
+                    value: value.into(),
                     origin: id.into(),
                 },
             )

@@ -8,7 +8,7 @@
 //! the store step leaves the store untouched.
 
 use bytes::Bytes;
-use portcullis_config::{Kind, Live, RawConfig, RawResource};
+use portcullis_config::{Kind, Live, RawConfig, RawResource, Snapshot};
 use portcullis_core::ConfigError;
 use portcullis_store::{secrets, ChangeFilter, ChangeMeta, Store, StoreError};
 use serde_json::{json, Map, Value};
@@ -174,7 +174,7 @@ fn read_all(admin: &Admin, kind: Kind) -> Result<Vec<Entry>, Reply> {
             .iter()
             .map(|r| Entry {
                 id: r.id.clone(),
-                value: r.value.clone(),
+                value: Value::clone(&r.value),
                 created_index: 0,
                 modified_index: 0,
             })
@@ -457,9 +457,17 @@ fn describe(kind: Kind, origin: &str, errors: &[ConfigError]) -> String {
     }
 }
 
-fn check(live: &Live, candidate: RawConfig, kind: Kind, id: &str) -> Result<(), Reply> {
-    live.check(candidate)
+/// Validate and compile the candidate config; refusals name the field.
+fn prepare(live: &Live, candidate: RawConfig, kind: Kind, id: &str) -> Result<Snapshot, Reply> {
+    live.prepare(candidate)
         .map_err(|errors| Reply::error(400, describe(kind, &origin(kind, id), &errors)))
+}
+
+/// The served configuration, to build a write's candidate from. In store
+/// mode it is what the store holds (every write and expiry goes through
+/// here), and copying it copies pointers, not JSON.
+fn served(live: &Live) -> RawConfig {
+    RawConfig::clone(&live.load().raw)
 }
 
 /// Serve what the store now holds. The write was checked against the same
@@ -492,24 +500,34 @@ fn commit(
     value: Value,
     ttl: Option<f64>,
 ) -> Result<Reply, Reply> {
-    let mut candidate = store.load_raw().map_err(internal)?;
+    let mut candidate = served(&admin.live);
     candidate.upsert(
         kind,
         RawResource {
             id: id.to_string(),
-            value: value.clone(),
+            value: value.clone().into(),
             origin: origin(kind, id),
         },
     );
-    check(&admin.live, candidate, kind, id)?;
+    let mut snapshot = prepare(&admin.live, candidate.clone(), kind, id)?;
     let out = store
         .put(kind, id, value, ttl, &meta(ctx))
         .map_err(internal)?;
-    apply_from_store(&admin.live, store);
     let stored = store
         .get(kind, id)
         .map_err(internal)?
         .ok_or_else(|| Reply::error(500, "the stored resource vanished"))?;
+    // Serve exactly what is stored (the store adds create/update times).
+    candidate.upsert(
+        kind,
+        RawResource {
+            id: id.to_string(),
+            value: stored.value.clone().into(),
+            origin: origin(kind, id),
+        },
+    );
+    snapshot.raw = std::sync::Arc::new(candidate);
+    admin.live.install(snapshot);
     let entry = Entry {
         id: stored.id,
         value: stored.value,
@@ -607,7 +625,7 @@ async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {
     if store.get(t.kind, &id).map_err(internal)?.is_none() {
         return Err(Reply::not_found());
     }
-    let mut candidate = store.load_raw().map_err(internal)?;
+    let mut candidate = served(&admin.live);
     if ctx.query.get("force").map(String::as_str) != Some("true") {
         if let Some(msg) = references::still_used(&candidate, t.kind, &id) {
             return Err(Reply::error(400, msg));
@@ -626,9 +644,9 @@ async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {
             candidate.remove(Kind::Credentials, &c);
         }
     }
-    check(&admin.live, candidate, t.kind, &id)?;
+    let snapshot = prepare(&admin.live, candidate, t.kind, &id)?;
     store.delete(t.kind, &id, &meta(ctx)).map_err(internal)?;
-    apply_from_store(&admin.live, store);
+    admin.live.install(snapshot);
     Ok(Reply::new(
         200,
         json!({"deleted": "1", "key": key_of(t.kind, &id)}),

@@ -112,7 +112,7 @@ pub fn import(store: &Store, raw: RawConfig) -> Result<usize, ImportError> {
     let mut items = Vec::new();
     for kind in Kind::ALL {
         for r in raw.of(kind) {
-            let mut value = r.value.clone();
+            let mut value = Value::clone(&r.value);
             if let Value::Object(obj) = &mut value {
                 obj.remove("create_time");
                 obj.remove("update_time");
@@ -128,7 +128,7 @@ pub fn import(store: &Store, raw: RawConfig) -> Result<usize, ImportError> {
                 }
             }
             let mut stored = r.clone();
-            stored.value = value.clone();
+            stored.value = value.clone().into();
             stored.origin = format!("{}/{}", kind.as_str(), r.id);
             candidate.upsert(kind, stored);
             items.push((kind, r.id.clone(), value));

@@ -65,7 +65,12 @@ pub fn parse(text: &str) -> Result<ConfigFile, Vec<ConfigError>> {
     for (key, value) in doc {
         if key == "gateway" {
             match serde_path_to_error::deserialize::<_, GatewaySettings>(value) {
-                Ok(g) => gateway = g,
+                Ok(g) => {
+                    if let Err(msg) = g.telemetry.validate() {
+                        errors.push(ConfigError::new("telemetry", msg).in_resource("gateway"));
+                    }
+                    gateway = g;
+                }
                 Err(e) => errors.push(
                     ConfigError::new(e.path().to_string(), e.inner().to_string())
                         .in_resource("gateway"),
@@ -96,7 +101,7 @@ pub fn parse(text: &str) -> Result<ConfigFile, Vec<ConfigError>> {
                     kind,
                     RawResource {
                         id,
-                        value: item,
+                        value: std::sync::Arc::new(item),
                         origin,
                     },
                 ),

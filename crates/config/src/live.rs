@@ -59,28 +59,43 @@ impl Live {
     /// current snapshot keeps serving and the errors are kept for /readyz.
     pub fn apply(&self, raw: RawConfig) -> Result<u64, Vec<ConfigError>> {
         let _one_at_a_time = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = snapshot::build(raw, &self.runtime);
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(snap) => {
-                let version = snap.version;
-                let previous = self.current.swap(Arc::new(snap));
-                // Freeing a large snapshot takes milliseconds: do it off the
-                // writer's path (requests may still hold it anyway).
-                let _ = std::thread::Builder::new()
-                    .name("snapshot-drop".into())
-                    .spawn(move || drop(previous));
-                status.loaded_at = Some(SystemTime::now());
-                status.last_error = None;
-                status.applied_total += 1;
-                Ok(version)
-            }
+        match snapshot::build(raw, &self.runtime) {
+            Ok(snap) => Ok(self.install_built(snap)),
             Err(errors) => {
+                let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 status.last_error = Some(errors.iter().map(|e| e.to_string()).collect());
                 status.refused_total += 1;
                 Err(errors)
             }
         }
+    }
+
+    /// Build a snapshot without serving it: the Admin API builds, then
+    /// stores, then [`Live::install`]s the very snapshot it checked, so a
+    /// write is validated and compiled once.
+    pub fn prepare(&self, raw: RawConfig) -> Result<Snapshot, Vec<ConfigError>> {
+        snapshot::build(raw, &self.runtime)
+    }
+
+    /// Serve a snapshot made by [`Live::prepare`].
+    pub fn install(&self, snap: Snapshot) -> u64 {
+        let _one_at_a_time = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.install_built(snap)
+    }
+
+    fn install_built(&self, snap: Snapshot) -> u64 {
+        let version = snap.version;
+        let previous = self.current.swap(Arc::new(snap));
+        // Freeing a large snapshot takes milliseconds: do it off the
+        // writer's path (requests may still hold it anyway).
+        let _ = std::thread::Builder::new()
+            .name("snapshot-drop".into())
+            .spawn(move || drop(previous));
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.loaded_at = Some(SystemTime::now());
+        status.last_error = None;
+        status.applied_total += 1;
+        version
     }
 
     /// Check `raw` without serving it (the Admin API's pre-write check and

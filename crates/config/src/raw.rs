@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 /// Resource kinds, with APISIX's names for their collections.
@@ -61,7 +63,9 @@ pub struct RawResource {
     /// The resource id. For credentials, `username/credential_id`; for
     /// consumers, the username; for plugin_metadata, the plugin name.
     pub id: String,
-    pub value: Value,
+    /// Shared, so that copying a whole configuration (an Admin API write
+    /// builds a candidate from the served one) copies pointers, not JSON.
+    pub value: Arc<Value>,
     /// Where it came from, for error messages: `routes[2]` in a file,
     /// `routes/42` from the store.
     pub origin: String,

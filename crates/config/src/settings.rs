@@ -38,6 +38,9 @@ pub struct GatewaySettings {
     /// `X-Forwarded-For` is kept and appended to, as APISIX does.
     #[serde(default)]
     pub trusted_addresses: Vec<ipnet::IpNet>,
+    /// What the decision record carries and hides (docs/decision-record.md).
+    #[serde(default)]
+    pub telemetry: portcullis_telemetry::TelemetrySettings,
 }
 
 impl GatewaySettings {

@@ -20,6 +20,7 @@ use crate::raw::{Kind, RawConfig, RawResource};
 use crate::upstream::{Upstream, UpstreamState};
 
 /// A route ready to serve.
+#[derive(Clone)]
 pub struct CompiledRoute {
     pub info: Arc<RouteInfo>,
     /// Every plugin that applies (global rules first, then the route's merged
@@ -76,6 +77,8 @@ impl Snapshot {
 #[derive(Default)]
 pub struct Runtime {
     pub plugin_state: SharedState,
+    /// Compiled routes of the last successful build, by route id.
+    route_cache: std::sync::Mutex<HashMap<String, CachedRoute>>,
     upstream_state: std::sync::Mutex<HashMap<String, Arc<UpstreamState>>>,
     version: std::sync::atomic::AtomicU64,
 }
@@ -97,8 +100,109 @@ impl Runtime {
     }
 }
 
+struct CachedRoute {
+    /// The route's raw value and its content hash: when the next build is
+    /// handed the same shared value, the hash is not computed again.
+    value: Arc<Value>,
+    own_hash: u64,
+    fingerprint: u64,
+    /// `None`: the route is disabled (`status: 0`).
+    compiled: Option<(RouteSpec, CompiledRoute)>,
+}
+
+/// Content hashes of the resources a route can draw on, so a route's
+/// fingerprint covers everything its compiled form depends on. Consumers are
+/// not among them: the credential index travels with each request.
+struct Fingerprints<'a> {
+    by_kind: HashMap<(Kind, &'a str), u64>,
+    globals: u64,
+}
+
+impl<'a> Fingerprints<'a> {
+    fn new(raw: &'a RawConfig) -> Self {
+        let mut by_kind = HashMap::new();
+        for kind in [Kind::PluginConfigs, Kind::Upstreams] {
+            for r in raw.of(kind) {
+                by_kind.insert((kind, r.id.as_str()), value_hash(&r.value));
+            }
+        }
+        // A service's hash covers the upstream it names, so a route behind
+        // the service recompiles when that upstream changes.
+        for r in raw.of(Kind::Services) {
+            let upstream = id_of(&r.value, "upstream_id")
+                .and_then(|id| by_kind.get(&(Kind::Upstreams, id.as_str())).copied())
+                .unwrap_or(0);
+            by_kind.insert(
+                (Kind::Services, r.id.as_str()),
+                value_hash(&r.value) ^ upstream.rotate_left(17),
+            );
+        }
+        let globals = raw.of(Kind::GlobalRules).iter().fold(0u64, |acc, r| {
+            acc.rotate_left(7) ^ value_hash(&r.value) ^ crate::upstream::hash_str(&r.id)
+        });
+        Fingerprints { by_kind, globals }
+    }
+
+    fn route(&self, r: &RawResource, own_hash: u64) -> u64 {
+        let dep = |kind: Kind, id: Option<String>| -> u64 {
+            id.map_or(1, |id| {
+                self.by_kind.get(&(kind, id.as_str())).copied().unwrap_or(2)
+            })
+        };
+        let mut fp = own_hash ^ self.globals.rotate_left(1);
+        fp ^= dep(Kind::Upstreams, id_of(&r.value, "upstream_id")).rotate_left(13);
+        fp ^= dep(Kind::PluginConfigs, id_of(&r.value, "plugin_config_id")).rotate_left(29);
+        fp ^= dep(Kind::Services, id_of(&r.value, "service_id")).rotate_left(41);
+        fp
+    }
+}
+
+/// A reference field (`upstream_id`, ...) as APISIX accepts it: string or number.
+fn id_of(v: &Value, field: &str) -> Option<String> {
+    match v.get(field) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A hash of a JSON value's content, without allocating.
+fn value_hash(v: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn feed(v: &Value, h: &mut rustc_hash::FxHasher) {
+        match v {
+            Value::Null => 0u8.hash(h),
+            Value::Bool(b) => (1u8, *b).hash(h),
+            Value::Number(n) => {
+                2u8.hash(h);
+                match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                    (Some(u), _, _) => u.hash(h),
+                    (None, Some(i), _) => i.hash(h),
+                    (None, None, Some(f)) => f.to_bits().hash(h),
+                    _ => {}
+                }
+            }
+            Value::String(s) => (3u8, s.as_str()).hash(h),
+            Value::Array(a) => {
+                (4u8, a.len()).hash(h);
+                a.iter().for_each(|x| feed(x, h));
+            }
+            Value::Object(m) => {
+                (5u8, m.len()).hash(h);
+                for (k, x) in m {
+                    k.hash(h);
+                    feed(x, h);
+                }
+            }
+        }
+    }
+    let mut h = rustc_hash::FxHasher::default();
+    feed(v, &mut h);
+    h.finish()
+}
+
 fn parse<T: DeserializeOwned>(r: &RawResource) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(&r.value).map_err(|e| {
+    serde_path_to_error::deserialize(&*r.value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         ConfigError::new(path, e.into_inner().to_string()).in_resource(r.origin.clone())
@@ -138,7 +242,6 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
         parse_all(&raw, Kind::Upstreams, &mut errors);
     let service_defs: Vec<(&RawResource, model::Service)> =
         parse_all(&raw, Kind::Services, &mut errors);
-    let route_defs: Vec<(&RawResource, model::Route)> = parse_all(&raw, Kind::Routes, &mut errors);
     let consumer_defs: Vec<(&RawResource, model::Consumer)> =
         parse_all(&raw, Kind::Consumers, &mut errors);
     let credential_defs: Vec<(&RawResource, model::Credential)> =
@@ -235,27 +338,69 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
         }
     }
 
-    // Routes.
+    // Routes. A route whose own config and everything it draws on (service,
+    // plugin_config, upstream, global rules) is unchanged since the last build
+    // is taken from the cache instead of being parsed and compiled again, so
+    // one write among 10,000 routes does not pay for the other 9,999.
+    let fingerprints = Fingerprints::new(&raw);
+    let mut cache = runtime
+        .route_cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut next_cache: HashMap<String, CachedRoute> =
+        HashMap::with_capacity(raw.of(Kind::Routes).len());
     let mut specs = Vec::new();
     let mut routes = Vec::new();
     let mut spec_origin = Vec::new();
-    for (r, route) in &route_defs {
-        match compile_route(
-            r,
-            route,
-            &services,
-            &plugin_configs,
-            &upstreams,
-            &global_plugins,
-            &index,
-            runtime,
-        ) {
-            Ok(Some((spec, compiled))) => {
-                specs.push(spec);
-                routes.push(compiled);
-                spec_origin.push(r.origin.clone());
+    let mut seen_ids = HashSet::new();
+    for r in raw.of(Kind::Routes) {
+        if !seen_ids.insert(r.id.as_str()) {
+            errors.push(
+                ConfigError::new("id", format!("duplicate id \"{}\"", r.id))
+                    .in_resource(r.origin.clone()),
+            );
+            continue;
+        }
+        let cached = cache.remove(&r.id);
+        let own_hash = match &cached {
+            Some(c) if Arc::ptr_eq(&c.value, &r.value) => c.own_hash,
+            _ => value_hash(&r.value),
+        };
+        let fingerprint = fingerprints.route(r, own_hash);
+        let compiled = match cached {
+            Some(hit) if hit.fingerprint == fingerprint => Ok(hit.compiled),
+            _ => parse::<model::Route>(r)
+                .map_err(|e| vec![e])
+                .and_then(|route| {
+                    compile_route(
+                        r,
+                        &route,
+                        &services,
+                        &plugin_configs,
+                        &upstreams,
+                        &global_plugins,
+                        &index,
+                        runtime,
+                    )
+                }),
+        };
+        match compiled {
+            Ok(compiled) => {
+                if let Some((spec, route)) = &compiled {
+                    specs.push(spec.clone());
+                    routes.push(route.clone());
+                    spec_origin.push(r.origin.clone());
+                }
+                next_cache.insert(
+                    r.id.clone(),
+                    CachedRoute {
+                        value: r.value.clone(),
+                        own_hash,
+                        fingerprint,
+                        compiled,
+                    },
+                );
             }
-            Ok(None) => {}
             Err(e) => errors.extend(e.into_iter().map(|e| {
                 if e.resource.is_empty() {
                     e.in_resource(r.origin.clone())
@@ -265,6 +410,10 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
             })),
         }
     }
+    if errors.is_empty() {
+        *cache = next_cache;
+    }
+    drop(cache);
     let router = match Router::build(specs) {
         Ok(router) => Some(router),
         Err(errs) => {

@@ -57,3 +57,45 @@ impl Decision {
         }
     }
 }
+
+/// The version of the decision record's JSON schema
+/// (docs/decision-record.schema.json). Bump it on any incompatible change.
+pub const RECORD_SCHEMA: &str = "portcullis.decision/v1";
+
+/// Everything the log phase knows about one request, borrowed from the
+/// request's state: building it copies nothing. The telemetry crate turns it
+/// into the versioned JSON record (redacting as it goes) once, and caches
+/// that encoding in `encoded` so every sink and logger plugin shares it.
+///
+/// It holds no credential: the query string, request headers and body are
+/// only reachable through `query` and `headers`, which the encoder drops or
+/// redacts.
+pub struct DecisionRecord<'a> {
+    pub time: std::time::SystemTime,
+    pub request_id: Option<&'a str>,
+    /// W3C trace id: from `traceparent` when the client sent one.
+    pub trace_id: [u8; 16],
+    /// `None` when no route matched (404).
+    pub route: Option<&'a crate::request::RouteInfo>,
+    pub identity: Option<&'a crate::consumer::Identity>,
+    pub client_ip: std::net::IpAddr,
+    pub client_port: u16,
+    pub scheme: &'static str,
+    pub method: &'a str,
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    /// The raw query: dropped by the encoder unless configured otherwise.
+    pub query: Option<&'a str>,
+    pub status: u16,
+    pub latency: std::time::Duration,
+    pub upstream_latency: Option<std::time::Duration>,
+    pub upstream_addr: Option<&'a str>,
+    pub upstream_attempts: u32,
+    pub bytes_in: Option<u64>,
+    pub bytes_out: Option<u64>,
+    pub decisions: &'a [Decision],
+    /// The request headers; only the configured ones reach the record.
+    pub headers: Option<&'a http::HeaderMap>,
+    /// The redacted JSON line, filled once by the telemetry crate.
+    pub encoded: std::sync::OnceLock<bytes::Bytes>,
+}

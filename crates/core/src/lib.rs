@@ -11,7 +11,7 @@ pub mod phase;
 pub mod request;
 
 pub use consumer::{Consumer, ConsumerIndex, IndexedCredential};
-pub use decision::{Decision, Outcome};
+pub use decision::{Decision, DecisionRecord, Outcome};
 pub use error::ConfigError;
 pub use phase::{Flow, Phase, Plugin, Rejection};
 pub use request::RequestState;

@@ -172,6 +172,11 @@ pub trait Plugin: Send + Sync + 'static {
     fn on_response_body(&self, _req: &RequestState, body: Bytes) -> Bytes {
         body
     }
+
+    /// The log phase: runs once per request, after the response head is
+    /// ready, for served and rejected requests alike. Logger plugins hand
+    /// the record to their sink here; they must not block or do IO.
+    fn on_log(&self, _req: &RequestState, _record: &crate::decision::DecisionRecord<'_>) {}
 }
 
 /// A pinned boxed future, for plugins that build [`Flow::Wait`] by hand.

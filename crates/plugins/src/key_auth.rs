@@ -13,7 +13,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, StatusCode};
-use portcullis_core::consumer::Identity;
 use portcullis_core::request::percent_decode;
 use portcullis_core::{
     ConfigError, Consumer, Decision, Flow, Phase, Plugin, Rejection, RequestState,
@@ -47,10 +46,6 @@ const DIGEST_PREFIX: &str = "sha256:";
 const MISSING: &str = "Missing API key in request";
 const INVALID: &str = "Invalid API key in request";
 const ANONYMOUS_MISSING: &str = "Invalid user authorization";
-
-const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer-username");
-const CREDENTIAL_HEADER: HeaderName = HeaderName::from_static("x-credential-identifier");
-const CUSTOM_ID_HEADER: HeaderName = HeaderName::from_static("x-consumer-custom-id");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -278,24 +273,7 @@ impl KeyAuth {
         consumer: Arc<Consumer>,
         credential_id: Option<Arc<str>>,
     ) -> Flow {
-        let headers = &mut req.head.headers;
-        // Whatever the client sent under these names is replaced or removed:
-        // the upstream must be able to trust them.
-        headers.remove(&CONSUMER_HEADER);
-        headers.remove(&CREDENTIAL_HEADER);
-        headers.remove(&CUSTOM_ID_HEADER);
-        if let Ok(v) = HeaderValue::from_str(&consumer.username) {
-            headers.insert(CONSUMER_HEADER, v);
-        }
-        if let Some(Ok(v)) = credential_id.as_deref().map(HeaderValue::from_str) {
-            headers.insert(CREDENTIAL_HEADER, v);
-        }
-        req.identity = Some(Identity {
-            consumer,
-            credential_id,
-            authenticated_by: NAME,
-        });
-        req.decisions.push(Decision::allow(NAME));
+        crate::auth_common::attach_identity(req, NAME, consumer, credential_id);
         Flow::Continue
     }
 

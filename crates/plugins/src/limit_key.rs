@@ -1,7 +1,7 @@
-//! What the limit plugins (limit-req, limit-count) share: how a request is
-//! turned into the key it is counted under (`key` + `key_type`, APISIX's
-//! rules), how a rejection looks, and which settings are refused because
-//! portcullis does not implement them yet.
+//! What the limit plugins (limit-req, limit-count, limit-conn) share: how a
+//! request is turned into the key it is counted under (`key` + `key_type`,
+//! APISIX's rules) and how a rejection looks. The Redis settings live in
+//! [`crate::redis_policy`].
 
 use std::borrow::Cow;
 
@@ -9,7 +9,6 @@ use http::StatusCode;
 use portcullis_core::{ConfigError, Rejection, RequestState};
 use portcullis_router::expr::VarLookup;
 use serde::Deserialize;
-use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -181,23 +180,6 @@ pub fn rejection(code: StatusCode, msg: Option<&str>) -> Rejection {
     }
 }
 
-/// Refuse what portcullis cannot do yet, before the typed parse would
-/// complain about the Redis fields instead: `policy` other than `local`.
-pub fn refuse_unsupported(conf: &Value) -> Result<(), ConfigError> {
-    match conf.get("policy") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(p)) if p == "local" => Ok(()),
-        Some(Value::String(p)) if p.starts_with("redis") => Err(ConfigError::new(
-            "policy",
-            format!("policy \"{p}\" is not supported yet; use \"local\""),
-        )),
-        Some(other) => Err(ConfigError::new(
-            "policy",
-            format!("unknown policy {other}; expected \"local\""),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,13 +226,5 @@ mod tests {
             LimitKey::new(None, KeyType::Var).unwrap().resolve(&req),
             "ip:10.0.0.7"
         );
-    }
-
-    #[test]
-    fn redis_policies_are_refused_naming_the_field() {
-        let err = refuse_unsupported(&serde_json::json!({"policy": "redis"})).unwrap_err();
-        assert_eq!(err.field, "policy");
-        assert!(err.message.contains("not supported yet"));
-        assert!(refuse_unsupported(&serde_json::json!({"policy": "local"})).is_ok());
     }
 }

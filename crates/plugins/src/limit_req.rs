@@ -6,6 +6,10 @@
 //! beyond that they are rejected with `rejected_code`. Each key has its own
 //! bucket. Without `key`, portcullis counts by the authenticated consumer,
 //! else by the client address (APISIX requires `key`).
+//!
+//! Policies: `local` (buckets in this process) and `redis` / `redis-cluster`
+//! (one bucket per key in Redis, updated by an atomic script on Redis's
+//! clock, shared by every gateway process; see [`crate::redis_policy`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use serde_json::{json, Value};
 use crate::context::{config_hash, parse_conf, BuildContext};
 use crate::limit_key::{self, KeyType, LimitKey};
 use crate::limit_store::{Buckets, Expiring};
+use crate::redis_policy::{self, RedisLimiter};
 use crate::registry::PluginSpec;
 
 pub const NAME: &str = "limit-req";
@@ -46,14 +51,10 @@ struct Conf {
     rejected_msg: Option<String>,
     #[serde(default)]
     nodelay: bool,
-    /// Only matters for remote policies; accepted for compatibility.
+    /// Read by [`redis_policy::split`]: what to do when Redis is away.
     #[serde(default)]
     #[allow(dead_code)]
     allow_degradation: bool,
-    /// Checked by [`limit_key::refuse_unsupported`] before parsing.
-    #[serde(default)]
-    #[allow(dead_code)]
-    policy: Option<String>,
 }
 
 fn default_rejected_code() -> u16 {
@@ -61,7 +62,7 @@ fn default_rejected_code() -> u16 {
 }
 
 fn schema() -> Value {
-    json!({
+    let mut schema = json!({
         "type": "object",
         "properties": {
             "rate": {"type": "number", "exclusiveMinimum": 0},
@@ -71,12 +72,15 @@ fn schema() -> Value {
             "rejected_code": {"type": "integer", "minimum": 200, "maximum": 599, "default": 503},
             "rejected_msg": {"type": "string", "minLength": 1},
             "nodelay": {"type": "boolean", "default": false},
-            "allow_degradation": {"type": "boolean", "default": false},
-            "policy": {"type": "string", "enum": ["local"], "default": "local"}
+            "allow_degradation": {"type": "boolean", "default": false}
         },
         "required": ["rate", "burst"],
         "additionalProperties": false
-    })
+    });
+    if let Some(Value::Object(props)) = schema.get_mut("properties") {
+        props.extend(redis_policy::schema_properties());
+    }
+    schema
 }
 
 /// One key's bucket, in thousandths of a request as limit.req keeps it, so
@@ -104,7 +108,12 @@ struct LimitReq {
     rejected_code: StatusCode,
     rejected_msg: Option<String>,
     nodelay: bool,
-    buckets: Arc<Buckets<Leaky>>,
+    store: Store,
+}
+
+enum Store {
+    Local(Arc<Buckets<Leaky>>),
+    Redis(RedisLimiter),
 }
 
 fn state_key(ctx: &BuildContext, conf: &Value) -> String {
@@ -112,8 +121,9 @@ fn state_key(ctx: &BuildContext, conf: &Value) -> String {
 }
 
 fn build(raw: &Value, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError> {
-    limit_key::refuse_unsupported(raw)?;
-    let conf: Conf = parse_conf(raw)?;
+    let state_key = state_key(ctx, raw);
+    let (own, redis) = redis_policy::split(raw, ctx, &state_key)?;
+    let conf: Conf = parse_conf(&own)?;
     if !(conf.rate.is_finite() && conf.rate > 0.0) {
         return Err(ConfigError::new("rate", "must be greater than 0"));
     }
@@ -131,9 +141,10 @@ fn build(raw: &Value, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError
     let key = LimitKey::new(conf.key.as_deref(), conf.key_type)?;
     let rejected_code = limit_key::rejected_code(conf.rejected_code)?;
     let rejected_msg = limit_key::rejected_msg(conf.rejected_msg)?;
-    let buckets = ctx
-        .state
-        .get_or_insert(&state_key(ctx, raw), Buckets::default);
+    let store = match redis {
+        Some(limiter) => Store::Redis(limiter),
+        None => Store::Local(ctx.state.get_or_insert(&state_key, Buckets::default)),
+    };
     Ok(Arc::new(LimitReq {
         rate: rate as u64,
         burst: burst as u64,
@@ -141,7 +152,7 @@ fn build(raw: &Value, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError
         rejected_code,
         rejected_msg,
         nodelay: conf.nodelay,
-        buckets,
+        store,
     }))
 }
 
@@ -157,9 +168,9 @@ impl LimitReq {
     /// limit.req's `incoming`: leak what the time since the last request
     /// drained, add this request, refuse it (without counting it) above the
     /// burst.
-    fn incoming(&self, key: &str) -> Verdict {
+    fn incoming(&self, buckets: &Buckets<Leaky>, key: &str) -> Verdict {
         let (rate, burst) = (self.rate, self.burst);
-        self.buckets.update(
+        buckets.update(
             key,
             |now| Leaky {
                 excess: 0,
@@ -216,7 +227,11 @@ impl Plugin for LimitReq {
 
     fn on_request(&self, req: &mut RequestState) -> Flow {
         let key = self.key.resolve(req);
-        let verdict = self.incoming(&key);
+        let buckets = match &self.store {
+            Store::Local(buckets) => buckets,
+            Store::Redis(limiter) => return self.ask_redis(limiter, &key),
+        };
+        let verdict = self.incoming(buckets, &key);
         match verdict {
             Verdict::Reject => {
                 req.decisions
@@ -228,17 +243,64 @@ impl Plugin for LimitReq {
             }
             Verdict::Pass { excess } => {
                 req.decisions.push(self.decision(Outcome::Allow, excess));
-                let delay = Duration::from_micros(excess * 1_000_000 / self.rate);
-                // As APISIX: delays under a millisecond are not worth a timer.
-                if self.nodelay || delay < Duration::from_millis(1) {
-                    return Flow::Continue;
+                match self.delay(excess) {
+                    None => Flow::Continue,
+                    Some(delay) => Flow::Wait(Box::pin(async move {
+                        tokio::time::sleep(delay).await;
+                        Flow::Continue
+                    })),
                 }
-                Flow::Wait(Box::pin(async move {
-                    tokio::time::sleep(delay).await;
-                    Flow::Continue
-                }))
             }
         }
+    }
+}
+
+impl LimitReq {
+    /// How long a request with this excess waits: `excess / rate`. As
+    /// APISIX: delays under a millisecond are not worth a timer.
+    fn delay(&self, excess: u64) -> Option<Duration> {
+        let delay = Duration::from_micros(excess.saturating_mul(1_000_000) / self.rate);
+        (!self.nodelay && delay >= Duration::from_millis(1)).then_some(delay)
+    }
+
+    /// The bucket lives in Redis: one script call decides, then the request
+    /// waits its turn like a local one.
+    fn ask_redis(&self, limiter: &RedisLimiter, key: &str) -> Flow {
+        let key = limiter.key(key);
+        let limiter = limiter.clone();
+        let (rate, burst, nodelay) = (self.rate, self.burst, self.nodelay);
+        let rejection = limit_key::rejection(self.rejected_code, self.rejected_msg.as_deref());
+        Flow::Wait(Box::pin(async move {
+            let script = &redis_policy::LEAKY_BUCKET;
+            let answer = limiter
+                .target
+                .eval(script, &key, &[rate as i64, burst as i64])
+                .await;
+            match answer.as_deref() {
+                Ok([1, excess]) => {
+                    let excess = (*excess).max(0) as u64;
+                    let delay = Duration::from_micros(excess.saturating_mul(1_000_000) / rate);
+                    if !nodelay && delay >= Duration::from_millis(1) {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Flow::Continue
+                }
+                Ok([0, _]) => Flow::Respond(rejection),
+                Ok(other) => {
+                    let failure =
+                        redis_policy::RedisFailure(format!("unexpected script answer {other:?}"));
+                    degrade(&limiter, &failure)
+                }
+                Err(failure) => degrade(&limiter, failure),
+            }
+        }))
+    }
+}
+
+fn degrade(limiter: &RedisLimiter, failure: &redis_policy::RedisFailure) -> Flow {
+    match limiter.degrade(NAME, failure, "failed to limit req") {
+        None => Flow::Continue,
+        Some(r) => Flow::Respond(r),
     }
 }
 
@@ -446,7 +508,11 @@ mod tests {
             "limit-req.rejected_code"
         );
         assert_eq!(
-            field(json!({"rate": 1, "burst": 1, "policy": "redis", "redis_host": "r"})),
+            field(json!({"rate": 1, "burst": 1, "policy": "redis"})),
+            "limit-req.redis_host"
+        );
+        assert_eq!(
+            field(json!({"rate": 1, "burst": 1, "policy": "redis-sentinel"})),
             "limit-req.policy"
         );
         assert_eq!(

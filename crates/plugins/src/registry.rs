@@ -34,18 +34,25 @@ pub struct PluginSpec {
 
 /// Every plugin, by name. Keep sorted by name.
 pub static REGISTRY: &[PluginSpec] = &[
+    crate::basic_auth::SPEC,
     crate::cors::SPEC,
+    crate::file_logger::SPEC,
+    crate::http_logger::SPEC,
     crate::ip_restriction::SPEC,
+    crate::jwt_auth::SPEC,
     crate::key_auth::SPEC,
+    crate::limit_conn::SPEC,
     crate::limit_count::SPEC,
     crate::limit_req::SPEC,
     crate::mocking::SPEC,
+    crate::prometheus::SPEC,
     crate::proxy_rewrite::SPEC,
     crate::real_ip::SPEC,
     crate::redirect::SPEC,
     crate::request_id::SPEC,
     crate::request_validation::SPEC,
     crate::response_rewrite::SPEC,
+    crate::syslog::SPEC,
 ];
 
 pub fn plugin_spec(name: &str) -> Option<&'static PluginSpec> {

@@ -91,7 +91,7 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
     } else {
         settings.workers
     };
-    let access_log = AccessLog::open(&settings.access_log)
+    let access_log = AccessLog::for_node(&settings)
         .with_context(|| format!("cannot open access log {}", settings.access_log))?;
     let dp = Arc::new(DataPlane {
         live: live.clone(),

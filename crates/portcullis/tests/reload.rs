@@ -76,7 +76,7 @@ async fn an_invalid_edit_is_refused_and_the_last_good_config_keeps_serving() {
     assert!(
         wait_for(
             async || request("GET", &readyz, &[], "").await.unwrap().status == 503,
-            Duration::from_secs(2)
+            Duration::from_secs(10)
         )
         .await,
         "/readyz did not report the refusal"

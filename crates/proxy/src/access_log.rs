@@ -1,64 +1,60 @@
-//! One JSON line per request, written off the request path: the request
-//! task hands a line to a bounded queue and a writer thread does the IO. A
-//! full queue drops the line and counts it, so a slow disk never slows a
-//! request. (The full decision record and its sinks build on this.)
+//! The node's own record sink (`gateway.access_log`): one decision record
+//! (docs/decision-record.md) per request as a JSON line, to stdout or a
+//! file (reopened on SIGUSR1). Writing happens on the sink's thread: the
+//! request task only queues the encoded line, and a full queue drops it and
+//! counts it in `portcullis_sink_records{sink="access_log",result="dropped"}`.
 
-use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use bytes::Bytes;
+use portcullis_telemetry::RecordSink;
 
 pub struct AccessLog {
-    tx: Option<SyncSender<String>>,
-    pub dropped: AtomicU64,
+    sink: Option<RecordSink>,
 }
 
 impl AccessLog {
+    /// Set the node's telemetry settings (redaction, queue bounds), then
+    /// open `settings.access_log`. Call once at start-up, before anything
+    /// else uses telemetry.
+    pub fn for_node(settings: &portcullis_config::GatewaySettings) -> std::io::Result<AccessLog> {
+        portcullis_telemetry::init(&settings.telemetry);
+        Self::open(&settings.access_log)
+    }
+
     /// `stdout`, `off`, or a file path (appended to).
     pub fn open(target: &str) -> std::io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match target {
-            "off" | "" => {
-                return Ok(AccessLog {
-                    tx: None,
-                    dropped: AtomicU64::new(0),
-                })
-            }
-            "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+        let queue = portcullis_telemetry::global().sink_queue();
+        let sink = match target {
+            "off" | "" => None,
+            "stdout" => Some(portcullis_telemetry::sink::line::stdout(
+                "access_log",
+                queue,
+            )?),
+            path => Some(portcullis_telemetry::sink::line::file(
+                "access_log",
+                path,
+                queue,
+            )?),
         };
-        let (tx, rx) = sync_channel::<String>(64 * 1024);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || {
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(line.as_bytes());
-                    // Drain what is queued before flushing: one syscall per burst.
-                    while let Ok(line) = rx.try_recv() {
-                        let _ = out.write_all(line.as_bytes());
-                    }
-                    let _ = out.flush();
-                }
-            })?;
-        Ok(AccessLog {
-            tx: Some(tx),
-            dropped: AtomicU64::new(0),
-        })
+        Ok(AccessLog { sink })
     }
 
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.sink.is_some()
     }
 
+    pub fn sink(&self) -> Option<&RecordSink> {
+        self.sink.as_ref()
+    }
+
+    /// Queue one already encoded line.
     pub fn write(&self, line: String) {
-        if let Some(tx) = &self.tx {
-            if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(sink) = &self.sink {
+            sink.send(&Bytes::from(line));
         }
+    }
+
+    /// Records dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.sink.as_ref().map_or(0, RecordSink::dropped)
     }
 }

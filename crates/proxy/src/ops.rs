@@ -64,13 +64,26 @@ fn answer(live: &Live, path: &str) -> Response<Full<Bytes>> {
         "/metrics" => {
             let status = live.status();
             let snapshot = live.load();
-            let text = format!(
-                "# TYPE portcullis_config_version gauge\nportcullis_config_version {}\n# TYPE portcullis_config_reloads_total counter\nportcullis_config_reloads_total{{result=\"applied\"}} {}\nportcullis_config_reloads_total{{result=\"refused\"}} {}\n",
-                snapshot.version, status.applied_total, status.refused_total
-            );
+            let metrics = &portcullis_telemetry::global().metrics;
+            metrics.set_config(snapshot.version, status.applied_total, status.refused_total);
+            metrics.clear_upstream_status();
+            for upstream in snapshot.upstreams.values() {
+                let name = upstream.name.as_deref().unwrap_or(&upstream.key);
+                for (i, node) in upstream.nodes.iter().enumerate() {
+                    let healthy = upstream
+                        .state
+                        .healthy
+                        .get(i)
+                        .is_none_or(|h| h.load(std::sync::atomic::Ordering::Relaxed));
+                    metrics.set_upstream_status(name, &node.authority, healthy);
+                }
+            }
             Response::builder()
-                .header("content-type", "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(text)))
+                .header(
+                    "content-type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+                .body(Full::new(Bytes::from(metrics.render())))
                 .unwrap_or_default()
         }
         _ => json(

@@ -286,6 +286,8 @@ fn rejection_response(r: Rejection) -> Response<RespBody> {
 struct Trace {
     started: Instant,
     route_id: Option<Arc<str>>,
+    /// Index of the matched route in the snapshot, for its log hooks.
+    route_index: Option<usize>,
     upstream: UpstreamOutcome,
 }
 
@@ -303,6 +305,7 @@ async fn handle(
     let mut trace = Trace {
         started,
         route_id: None,
+        route_index: None,
         upstream: UpstreamOutcome::default(),
     };
 
@@ -330,6 +333,7 @@ async fn handle(
             st.route = route.info.clone();
             st.path_params = params;
             trace.route_id = Some(route.info.id.clone());
+            trace.route_index = Some(index);
             let resp = match run_route(dp, route, &mut st, body, &mut trace).await {
                 Ok(resp) => resp,
                 Err(rejection) => rejection_response(rejection),
@@ -340,7 +344,7 @@ async fn handle(
     let mut response = add_state_headers(&st, response);
     // The client's protocol version, not the upstream's (which may be 1.0).
     *response.version_mut() = st.head.version;
-    log_access(dp, &st, &trace, &response);
+    log_access(dp, &snapshot, &st, &trace, &response);
     response
 }
 
@@ -521,40 +525,50 @@ fn add_state_headers(st: &RequestState, mut resp: Response<RespBody>) -> Respons
     resp
 }
 
-fn log_access(dp: &DataPlane, st: &RequestState, trace: &Trace, resp: &Response<RespBody>) {
-    if !dp.access_log.enabled() {
-        return;
-    }
-    let decisions: Vec<serde_json::Value> = st
-        .decisions
-        .iter()
-        .map(|d| {
-            serde_json::json!({
-                "plugin": d.plugin,
-                "result": d.outcome.as_str(),
-                "reason": d.reason.as_deref(),
-            })
-        })
-        .collect();
-    let line = serde_json::json!({
-        "time": httpdate::fmt_http_date(std::time::SystemTime::now()),
-        "request_id": st.request_id.as_deref(),
-        "route_id": trace.route_id.as_deref(),
-        "consumer": st.consumer_name(),
-        "client_ip": st.client_ip.to_string(),
-        "method": st.head.method.as_str(),
-        "host": st.host(),
-        // The query string can carry credentials: never logged.
-        "path": st.path(),
-        "status": resp.status().as_u16(),
-        "latency_ms": trace.started.elapsed().as_secs_f64() * 1000.0,
-        "upstream_addr": trace.upstream.addr.as_deref(),
-        "upstream_attempts": trace.upstream.attempts,
-        "upstream_latency_ms": trace.upstream.latency.map(|d| d.as_secs_f64() * 1000.0),
-        "bytes_out": resp.body().size_hint().exact(),
-        "decisions": decisions,
-    });
-    let mut s = line.to_string();
-    s.push('\n');
-    dp.access_log.write(s);
+/// The log phase: one decision record (docs/decision-record.md) for every
+/// request, served or rejected, to metrics, the node's access log and the
+/// route's logger plugins. Only queues; never blocks.
+fn log_access(
+    dp: &DataPlane,
+    snapshot: &portcullis_config::Snapshot,
+    st: &RequestState,
+    trace: &Trace,
+    resp: &Response<RespBody>,
+) {
+    let plugins: &[Arc<dyn portcullis_core::Plugin>] = trace
+        .route_index
+        .and_then(|i| snapshot.routes.get(i))
+        .map_or(&[], |r| &r.plugins);
+    let record = portcullis_core::DecisionRecord {
+        time: std::time::SystemTime::now(),
+        request_id: st.request_id.as_deref(),
+        trace_id: portcullis_telemetry::trace_id(&st.head.headers),
+        route: trace.route_id.as_ref().map(|_| &*st.route),
+        identity: st.identity.as_ref(),
+        client_ip: st.client_ip,
+        client_port: st.peer_addr.port(),
+        scheme: st.scheme,
+        method: st.head.method.as_str(),
+        host: st.host(),
+        // The query string can carry credentials: the encoder drops it.
+        path: st.path(),
+        query: st.query(),
+        status: resp.status().as_u16(),
+        latency: trace.started.elapsed(),
+        upstream_latency: trace.upstream.latency,
+        upstream_addr: trace.upstream.addr.as_deref(),
+        upstream_attempts: trace.upstream.attempts,
+        bytes_in: st
+            .head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .or(st.body.as_ref().map(|b| b.len() as u64)),
+        bytes_out: resp.body().size_hint().exact(),
+        decisions: &st.decisions,
+        headers: Some(&st.head.headers),
+        encoded: Default::default(),
+    };
+    portcullis_telemetry::log(st, &record, plugins, dp.access_log.sink());
 }

@@ -201,7 +201,7 @@ impl Store {
                 RawResource {
                     origin: format!("{}/{}", r.kind.as_str(), r.id),
                     id: r.id,
-                    value: r.value,
+                    value: r.value.into(),
                 },
             );
         }

@@ -1,0 +1,56 @@
+//! Fixed RSA keys for tests (ring cannot generate RSA keys). Made with
+//! `openssl genrsa 2048`; they protect nothing.
+
+pub(crate) const RSA_PRIVATE_PEM: &str = "\
+-----BEGIN PRIVATE KEY-----\n\
+MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDep3aXLd5e+KSr\n\
+5bH2+Fx4g2Rf2koBgUKGBSVnpeabTYtN3UEeBuk5saqz6HmJMYKq4ahrgUgmksKh\n\
+cranEeAU3CCSZMAOAOldtquMXoLdl6/LxytOAn6R9ceVpS2//iV9qliEjkddYjbg\n\
+6oJSEJjcZWwXfWEfVhBu9/pGQjykd1JpoLixOGgrUiclox+mO8wP4YdxZObFHBzi\n\
+N+DeBF71WBS220UgdGVTzaMXiYf/38/OoOUDzk1+ncZDw4R4U7VDENbSCzfZ7JhD\n\
+acTr9Q7/fbj6FF5FwakeiYS8T05WZlfIoPeF8T2P/IXxpgCMHb4EsQFjarOIfqcW\n\
+hEiY6QnPAgMBAAECggEATMI72pOYGXKrxo0p5MQrkOpvNLJbGBi5V923Tvu9PCYo\n\
+E8BmvhTQ27B58or/N0Jn00R3XRSVTKME0UbsXD2H3HklC4MLSOici0+55WsBv6YX\n\
+F3AC6GJowyYR1++5jXpu71tGJ/Cq/rEozTJbmjIZmMWoVZLGZFi10qPP1t/n6ySJ\n\
+DVl/vFgu3F/9veU9o84KJ0UY/rBxW/k/34gXY8rB4dmTKTNmmthxVyLgtfAb8mAe\n\
+R/5iv1c14wojDjzdg2I3MLHgfdVaSts0F5dXizzI1/vo2Nte7GjfrFmXV+9bZy0L\n\
+dlL1Y8aMsgpakullTrMkbgdV1SS0+WbcFa9Sgd7bVQKBgQD0qK+AAQ/FkejHzty9\n\
+VYdu2he8E6Jih4QlBRI0t6pXyOxmrwDXtz63LTvQaQiLCM5XtqZeUSjlNi3motKY\n\
+vfESu9i8bQ8Q19FeQpw6NcWFZuZh3r3ca7xUIXy7Kj3F8e41htP8O8qtuE6OOZty\n\
+ihmAu0SnCu8N+pKDwnfVnzqMLQKBgQDo+abc4JZHqgS3AvB4tEVefh1pcuXfmdXn\n\
+TQVqNN1X1eN8GU61+E3xXn1iVwWJMDJk8v5L6tRwQFLvEuaCvxLX4qyQQnZNLdCG\n\
+HpBPKwBceWUYocqGUYRAddxHS6+EugLMGZVUF19xOderQaLGQJoqaG6u1Uu44iDa\n\
+rOesVbMfawKBgQDChdg78xwiHtew/dVeKEGtLnQOkqHaqxqzAGwwRBOJBnSHU/9c\n\
+hBK2O53CH7CuMss0zEFM3kSgscofBThiPysMlRRHBIMlBiMuSdHDKnuojF8CU8Ir\n\
+HfG4BoQQoA5LcwbNwiyL8NI9+ztiM4VXtVt/keWM1tGpEKAraJQ04gv/5QKBgChU\n\
+d1dLJZi4TOKlhp1Oj6eg61SCyFph1g6ZXbOZ/SskYqHr+50yo8OB2PC6IcIy7rZc\n\
+/jqEJ0xbRkAOpIrDqu5mVfsPFk2b/boJ9m9OAV0Awsh10YpY+Cz0ejJ5XqP6U1uj\n\
+nh8VgLcoDTafQR9StZ1bwLVRRS93LbrNLbm+iCiLAoGAZIEn4TQix6W/zmeWi502\n\
+K482epAd/96ioVgULAKSfJHX5d7camoHEdzKXKC5k17Z8YP2NLWV+NzhVlfc3+L1\n\
+VGWz8jvKThsqnsMBTOwUn7PxxpRntcGdeQNqk10HzpbPULt0OGjSwNhmLDXqvcgg\n\
+DWwee+fDgN447azFf937QiI=\n\
+-----END PRIVATE KEY-----\n\
+";
+
+pub(crate) const RSA_PUBLIC_PEM: &str = "\
+-----BEGIN PUBLIC KEY-----\n\
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA3qd2ly3eXvikq+Wx9vhc\n\
+eINkX9pKAYFChgUlZ6Xmm02LTd1BHgbpObGqs+h5iTGCquGoa4FIJpLCoXK2pxHg\n\
+FNwgkmTADgDpXbarjF6C3Zevy8crTgJ+kfXHlaUtv/4lfapYhI5HXWI24OqCUhCY\n\
+3GVsF31hH1YQbvf6RkI8pHdSaaC4sThoK1InJaMfpjvMD+GHcWTmxRwc4jfg3gRe\n\
+9VgUtttFIHRlU82jF4mH/9/PzqDlA85Nfp3GQ8OEeFO1QxDW0gs32eyYQ2nE6/UO\n\
+/324+hReRcGpHomEvE9OVmZXyKD3hfE9j/yF8aYAjB2+BLEBY2qziH6nFoRImOkJ\n\
+zwIDAQAB\n\
+-----END PUBLIC KEY-----\n\
+";
+
+pub(crate) const RSA_PKCS1_PUBLIC_PEM: &str = "\
+-----BEGIN RSA PUBLIC KEY-----\n\
+MIIBCgKCAQEA3qd2ly3eXvikq+Wx9vhceINkX9pKAYFChgUlZ6Xmm02LTd1BHgbp\n\
+ObGqs+h5iTGCquGoa4FIJpLCoXK2pxHgFNwgkmTADgDpXbarjF6C3Zevy8crTgJ+\n\
+kfXHlaUtv/4lfapYhI5HXWI24OqCUhCY3GVsF31hH1YQbvf6RkI8pHdSaaC4sTho\n\
+K1InJaMfpjvMD+GHcWTmxRwc4jfg3gRe9VgUtttFIHRlU82jF4mH/9/PzqDlA85N\n\
+fp3GQ8OEeFO1QxDW0gs32eyYQ2nE6/UO/324+hReRcGpHomEvE9OVmZXyKD3hfE9\n\
+j/yF8aYAjB2+BLEBY2qziH6nFoRImOkJzwIDAQAB\n\
+-----END RSA PUBLIC KEY-----\n\
+";
