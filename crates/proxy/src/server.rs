@@ -3,10 +3,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +17,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portcullis_config::{CompiledRoute, GatewaySettings, Live};
 use portcullis_core::{Phase, Rejection, RequestState};
 use portcullis_router::MatchInput;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::access_log::AccessLog;
@@ -154,58 +151,6 @@ async fn accept_loop(dp: Arc<DataPlane>, listener: tokio::net::TcpListener, shut
     }
 }
 
-/// A TCP stream shared between hyper and this module, so that when hyper
-/// gives up on a slow client's headers we can still tell it why (408).
-#[derive(Clone)]
-struct SharedStream(Arc<TcpStream>);
-
-impl AsyncRead for SharedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        loop {
-            std::task::ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match self.0.try_read(unfilled) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SharedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        loop {
-            std::task::ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(data) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let sock = socket2::SockRef::from(self.0.as_ref());
-        let _ = sock.shutdown(std::net::Shutdown::Write);
-        Poll::Ready(Ok(()))
-    }
-}
-
 struct ConnectionGuard(Arc<AtomicUsize>);
 
 impl Drop for ConnectionGuard {
@@ -223,7 +168,15 @@ async fn serve_connection(
 ) {
     shutdown.active_connections.fetch_add(1, Ordering::Relaxed);
     let _guard = ConnectionGuard(shutdown.active_connections.clone());
-    let stream = SharedStream(Arc::new(stream));
+    // A second descriptor for the same socket, so that when hyper gives up
+    // on a slow client's headers (and drops its stream) we can still say
+    // why (408). hyper reads through tokio's own TcpStream, which skips the
+    // read that would only return EAGAIN after a short read and does not
+    // zero its buffer.
+    let for_408 = std::os::fd::AsFd::as_fd(&stream)
+        .try_clone_to_owned()
+        .ok()
+        .map(std::net::TcpStream::from);
     let limits = &dp.settings.http;
 
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -246,7 +199,7 @@ async fn serve_connection(
         let dp = svc_dp.clone();
         async move { Ok::<_, Infallible>(handle(&dp, req, peer, local_port).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream.clone()), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut stop = shutdown.subscribe();
     let result = tokio::select! {
@@ -261,9 +214,12 @@ async fn serve_connection(
             .downcast_ref::<hyper::Error>()
             .is_some_and(|e| e.is_timeout());
         if timed_out {
-            let _ = stream.0.try_write(
+            use std::io::Write;
+            let _ = for_408.as_ref().map(|mut s| {
+                s.write(
                 b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-            );
+            )
+            });
         }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
