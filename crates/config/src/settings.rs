@@ -163,12 +163,10 @@ pub struct HttpLimits {
     /// Header count. Past it: 431.
     #[serde(default = "HttpLimits::default_max_headers")]
     pub max_headers: usize,
-    /// Seconds to receive a request's headers. Past it: 408.
+    /// Seconds to receive a request's headers, which also bounds how long
+    /// an idle keep-alive connection waits for its next request. Past it: 408.
     #[serde(default = "HttpLimits::default_header_read_timeout")]
     pub header_read_timeout: f64,
-    /// Seconds an idle keep-alive client connection is kept.
-    #[serde(default = "HttpLimits::default_keepalive_timeout")]
-    pub keepalive_timeout: f64,
     /// Seconds SIGTERM waits for in-flight requests.
     #[serde(default = "HttpLimits::default_drain_timeout")]
     pub drain_timeout: f64,
@@ -182,9 +180,6 @@ impl HttpLimits {
         100
     }
     fn default_header_read_timeout() -> f64 {
-        60.0
-    }
-    fn default_keepalive_timeout() -> f64 {
         60.0
     }
     fn default_drain_timeout() -> f64 {
