@@ -137,3 +137,38 @@ async fn demo_serves_its_example_routes() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn every_example_config_validates() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut files = Vec::new();
+    let mut dirs = vec![examples];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(!files.is_empty());
+    let scratch = tempfile::tempdir().unwrap();
+    for path in files {
+        // The demo config has placeholders the demo command fills in.
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("{DEMO_UPSTREAM}", "127.0.0.1:1")
+            .replace("{PORT}", "9080");
+        let copy = scratch.path().join(path.file_name().unwrap());
+        std::fs::write(&copy, text).unwrap();
+        let out = portcullis().args(["validate", "--config"]).arg(&copy).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} does not validate:\n{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
