@@ -22,12 +22,15 @@ die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 # --- 1. system packages -----------------------------------------------------
 # binary -> Debian package. Installed only when the binary is absent.
 need_packages=()
-for pair in redis-server:redis-server etcd:etcd-server nginx:nginx-light curl:curl; do
+for pair in redis-server:redis-server etcd:etcd-server nginx:nginx-light curl:curl protoc:protobuf-compiler; do
   bin=${pair%%:*} pkg=${pair#*:}
   if ! command -v "$bin" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$bin" ]; then
     need_packages+=("$pkg")
   fi
 done
+# etcd-client's build script (crates/etcd) runs protoc on etcd's protos,
+# which import the well-known types that libprotobuf-dev ships.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_packages+=(libprotobuf-dev)
 if [ ${#need_packages[@]} -gt 0 ]; then
   say "installing ${need_packages[*]}"
   sudo=()
@@ -40,6 +43,30 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get install -y --no-install-recommends "${need_packages[@]}"
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
+
+# --- 1b. the APISIX Python SDK, for crates/portcullis/tests/admin_sdk.rs -------
+# A venv under the target directory from tests/sdk/requirements.txt; that
+# test fails (it does not skip) without it. Rebuilt when the pins change.
+sdk_target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")
+SDK_VENV="$sdk_target_dir/sdk-venv"
+SDK_REQ="$ROOT/tests/sdk/requirements.txt"
+if ! cmp -s "$SDK_REQ" "$SDK_VENV/requirements.txt" ||
+   ! "$SDK_VENV/bin/python" -c 'import apisix_client' >/dev/null 2>&1; then
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    say "installing python3-venv"
+    sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" apt-get install -y --no-install-recommends python3-venv
+  fi
+  say "creating $SDK_VENV (apisix-client from PyPI)"
+  rm -rf "$SDK_VENV"
+  python3 -m venv "$SDK_VENV" || die "python3 -m venv $SDK_VENV failed"
+  "$SDK_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$SDK_REQ" ||
+    die "pip install -r $SDK_REQ failed"
+  cp "$SDK_REQ" "$SDK_VENV/requirements.txt"
+fi
 
 # --- 2. test runner -----------------------------------------------------------
 have_nextest=0

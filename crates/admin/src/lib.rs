@@ -13,6 +13,8 @@
 //! - `references`: refusing to delete what is still in use.
 //! - `transfer`: export to and import from a config file, for the CLI.
 
+mod approvals;
+mod audit_api;
 mod auth;
 mod patch;
 mod references;
@@ -59,6 +61,9 @@ pub struct Admin {
     /// interleave with another's, or a check could pass against a config
     /// that is no longer the one being stored onto.
     write_lock: tokio::sync::Mutex<()>,
+    /// `config_source: etcd`: reads and writes go to etcd (`mode` is then
+    /// read-only, so nothing reaches the embedded store).
+    etcd: Option<Arc<portcullis_etcd::EtcdStore>>,
 }
 
 impl Admin {
@@ -97,7 +102,19 @@ impl Admin {
             keys: auth::Keys::new(&settings.admin.keys),
             allow: settings.admin.allow.clone(),
             write_lock: tokio::sync::Mutex::new(()),
+            etcd: None,
         }
+    }
+
+    /// An Admin API whose resources live in etcd (`config_source: etcd`).
+    pub fn with_etcd(
+        live: Arc<Live>,
+        etcd: Arc<portcullis_etcd::EtcdStore>,
+        settings: &GatewaySettings,
+    ) -> Admin {
+        let mut admin = Admin::new(live, None, settings, None);
+        admin.etcd = Some(etcd);
+        admin
     }
 
     fn store(&self) -> Option<&Arc<Store>> {
@@ -307,7 +324,12 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: http::Request<Incoming>) -
         client: peer.ip().to_string(),
     };
     let reply = if let Some(rest) = path.strip_prefix("/portcullis/v1/") {
-        resources::extension(admin, &ctx, rest)
+        match rest.strip_prefix("approvals") {
+            Some(r) if r.is_empty() || r.starts_with('/') => {
+                approvals::handle(admin, &ctx, r).await
+            }
+            _ => resources::extension(admin, &ctx, rest, &body),
+        }
     } else {
         let rest = path.strip_prefix("/apisix/admin/").unwrap_or_default();
         resources::handle(admin, &ctx, rest, &body).await

@@ -15,6 +15,9 @@ use serde_json::{json, Map, Value};
 
 use crate::{patch, references, Admin, Ctx, Mode, Reply};
 
+#[path = "etcd_mode.rs"]
+mod etcd_mode;
+
 /// What a path names.
 struct Target {
     kind: Kind,
@@ -120,6 +123,11 @@ pub(crate) async fn handle(admin: &Admin, ctx: &Ctx, rest: &str, body: &Bytes) -
         Ok(t) => t,
         Err(r) => return r,
     };
+    if let (Some(etcd), false) = (&admin.etcd, ctx.method == http::Method::GET) {
+        return etcd_mode::write(admin, etcd, ctx, &target, body)
+            .await
+            .unwrap_or_else(|r| r);
+    }
     let result = match ctx.method {
         http::Method::GET => Ok(get(admin, ctx, &target)),
         http::Method::PUT => put_or_post(admin, ctx, &target, body, false).await,
@@ -154,6 +162,9 @@ fn plugins(ctx: &Ctx, rest: &str) -> Reply {
 /// Every resource of `kind` the API can show, from the store or, when the
 /// Admin API is read-only, from the configuration being served.
 fn read_all(admin: &Admin, kind: Kind) -> Result<Vec<Entry>, Reply> {
+    if let Some(etcd) = &admin.etcd {
+        return Ok(etcd_mode::read_all(etcd, kind));
+    }
     match &admin.mode {
         Mode::Store(store) => Ok(store
             .list(kind)
@@ -183,6 +194,9 @@ fn read_all(admin: &Admin, kind: Kind) -> Result<Vec<Entry>, Reply> {
 }
 
 fn read_one(admin: &Admin, kind: Kind, id: &str) -> Result<Option<Entry>, Reply> {
+    if let Some(etcd) = &admin.etcd {
+        return Ok(etcd_mode::read_one(etcd, kind, id));
+    }
     match &admin.mode {
         Mode::Store(store) => Ok(store.get(kind, id).map_err(internal)?.map(|r| Entry {
             id: r.id,
@@ -510,6 +524,18 @@ fn commit(
         },
     );
     let mut snapshot = prepare(&admin.live, candidate.clone(), kind, id)?;
+    if let Some(held) = crate::approvals::hold(
+        admin,
+        store,
+        ctx,
+        kind,
+        id,
+        Some(&value),
+        ttl,
+        &snapshot.raw,
+    ) {
+        return held;
+    }
     let out = store
         .put(kind, id, value, ttl, &meta(ctx))
         .map_err(internal)?;
@@ -645,6 +671,11 @@ async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {
         }
     }
     let snapshot = prepare(&admin.live, candidate, t.kind, &id)?;
+    if let Some(held) =
+        crate::approvals::hold(admin, store, ctx, t.kind, &id, None, None, &snapshot.raw)
+    {
+        return held;
+    }
     store.delete(t.kind, &id, &meta(ctx)).map_err(internal)?;
     admin.live.install(snapshot);
     Ok(Reply::new(
@@ -654,7 +685,13 @@ async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {
 }
 
 /// `/portcullis/v1/...`.
-pub(crate) fn extension(admin: &Admin, ctx: &Ctx, rest: &str) -> Reply {
+pub(crate) fn extension(admin: &Admin, ctx: &Ctx, rest: &str, body: &Bytes) -> Reply {
+    if ["audit", "quarantine"].iter().any(|p| {
+        rest.strip_prefix(p)
+            .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+    }) {
+        return crate::audit_api::handle(admin, ctx, rest, body);
+    }
     match rest.trim_end_matches('/') {
         "changes" if ctx.method == http::Method::GET => changes(admin, ctx),
         "changes" => Reply::error(405, "only GET is supported here"),

@@ -9,20 +9,6 @@ use portcullis_core::ConfigError;
 use portcullis_store::{ChangeMeta, Store, StoreError};
 use serde_json::{Map, Value};
 
-/// Sections in the order a reader expects them: what routes point at
-/// follows the routes.
-const SECTIONS: [(&str, Kind); 9] = [
-    ("routes", Kind::Routes),
-    ("services", Kind::Services),
-    ("upstreams", Kind::Upstreams),
-    ("consumers", Kind::Consumers),
-    ("consumer_groups", Kind::ConsumerGroups),
-    ("plugin_configs", Kind::PluginConfigs),
-    ("global_rules", Kind::GlobalRules),
-    ("ssls", Kind::Ssls),
-    ("plugin_metadata", Kind::PluginMetadata),
-];
-
 /// Every resource in the store as config file YAML. Secrets are written in
 /// clear: the file is a backup that must restore working credentials, so
 /// treat it like the database itself. ttl is not kept: exported resources
@@ -30,7 +16,7 @@ const SECTIONS: [(&str, Kind); 9] = [
 pub fn export_yaml(store: &Store) -> Result<String, StoreError> {
     let all = store.all()?;
     let mut doc = Map::new();
-    for (section, kind) in SECTIONS {
+    for (section, kind) in portcullis_config::file::SECTIONS {
         let mut items: Vec<Value> = all
             .iter()
             .filter(|r| r.kind == kind)

@@ -236,7 +236,7 @@ async fn lists_have_total_and_items_and_filter_by_name_label_and_uri() {
     upstream(&api, "u").await;
     for (id, name, uri, label) in [
         ("1", "orders", "/orders/*", "team"),
-        ("2", "customers", "/customers/*", "tier"),
+        ("2", "customers", "/customers/*", "owner"),
         ("3", "orders-admin", "/admin/orders", "team"),
     ] {
         let r = api
@@ -257,7 +257,7 @@ async fn lists_have_total_and_items_and_filter_by_name_label_and_uri() {
         .json();
     assert_eq!(by_name["total"], 2);
     let by_label = api
-        .call("GET", "/apisix/admin/routes?label=tier", "")
+        .call("GET", "/apisix/admin/routes?label=owner", "")
         .await
         .json();
     assert_eq!(by_label["total"], 1);

@@ -19,8 +19,10 @@ pub struct ConfigFile {
     pub has_resource_sections: bool,
 }
 
-/// The file's top-level resource sections, in APISIX's standalone names.
-const SECTIONS: [(&str, Kind); 9] = [
+/// The file's top-level resource sections, in APISIX's standalone names,
+/// in the order a reader expects them (what routes point at follows them);
+/// export writes them in this order too.
+pub const SECTIONS: [(&str, Kind); 9] = [
     ("routes", Kind::Routes),
     ("services", Kind::Services),
     ("upstreams", Kind::Upstreams),
@@ -68,6 +70,12 @@ pub fn parse(text: &str) -> Result<ConfigFile, Vec<ConfigError>> {
                 Ok(g) => {
                     if let Err(msg) = g.telemetry.validate() {
                         errors.push(ConfigError::new("telemetry", msg).in_resource("gateway"));
+                    }
+                    if let Err(msg) = g.audit.validate() {
+                        errors.push(ConfigError::new("audit", msg).in_resource("gateway"));
+                    }
+                    if let Err(msg) = g.anomaly.validate() {
+                        errors.push(ConfigError::new("anomaly", msg).in_resource("gateway"));
                     }
                     gateway = g;
                 }

@@ -11,6 +11,8 @@ pub mod model;
 pub mod raw;
 pub mod settings;
 pub mod snapshot;
+pub mod ssl;
+pub mod tiers;
 pub mod upstream;
 
 pub use live::{Live, ReloadStatus};

@@ -20,6 +20,30 @@ pub struct ReloadStatus {
     pub last_error: Option<Vec<String>>,
     pub refused_total: u64,
     pub applied_total: u64,
+    /// For a source that can be out of reach (etcd): when this node last
+    /// heard from it, and how long it may go without before /readyz fails.
+    pub source_contact_at: Option<SystemTime>,
+    pub max_staleness: Option<std::time::Duration>,
+}
+
+impl ReloadStatus {
+    /// How long since the source was last heard from (`None` for sources
+    /// that are always at hand, such as the file or the store).
+    pub fn source_age(&self, now: SystemTime) -> Option<std::time::Duration> {
+        self.max_staleness?;
+        Some(match self.source_contact_at {
+            Some(at) => now.duration_since(at).unwrap_or_default(),
+            None => std::time::Duration::MAX,
+        })
+    }
+
+    /// Whether the source has been out of reach for longer than allowed.
+    pub fn is_stale(&self, now: SystemTime) -> bool {
+        match (self.max_staleness, self.source_age(now)) {
+            (Some(max), Some(age)) => !max.is_zero() && age > max,
+            _ => false,
+        }
+    }
 }
 
 pub struct Live {
@@ -112,6 +136,21 @@ impl Live {
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_error = Some(errors);
         status.refused_total += 1;
+    }
+
+    /// Declare the source one that can be out of reach (etcd), and how long
+    /// it may be before /readyz fails (zero: never).
+    pub fn set_max_staleness(&self, max: std::time::Duration) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.max_staleness = Some(max);
+    }
+
+    /// The source answered at `at`: the config served is current as of then.
+    pub fn record_source_contact(&self, at: SystemTime) {
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.source_contact_at.is_none_or(|prev| prev < at) {
+            status.source_contact_at = Some(at);
+        }
     }
 
     pub fn status(&self) -> ReloadStatus {

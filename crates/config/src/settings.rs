@@ -12,6 +12,12 @@ pub struct GatewaySettings {
     /// Plain HTTP data plane listeners (HTTP/1.1 and h2c prior knowledge).
     #[serde(default = "GatewaySettings::default_listen")]
     pub listen: Vec<SocketAddr>,
+    /// HTTPS data plane listeners (TLS 1.2/1.3, ALPN h2 and http/1.1,
+    /// certificates chosen by SNI from `ssls`). Empty by default: APISIX
+    /// listens on 9443 out of the box, portcullis only where told to
+    /// (docs/tls.md).
+    #[serde(default)]
+    pub listen_tls: Vec<SocketAddr>,
     #[serde(default)]
     pub admin: AdminSettings,
     #[serde(default)]
@@ -41,6 +47,15 @@ pub struct GatewaySettings {
     /// What the decision record carries and hides (docs/decision-record.md).
     #[serde(default)]
     pub telemetry: portcullis_telemetry::TelemetrySettings,
+    /// Where `config_source: etcd` finds the resources (docs/etcd.md).
+    #[serde(default)]
+    pub etcd: EtcdSettings,
+    /// The hash-chained decision audit store (docs/audit.md).
+    #[serde(default)]
+    pub audit: portcullis_audit::AuditSettings,
+    /// Behaviour profiles and anomaly detectors (docs/audit.md).
+    #[serde(default)]
+    pub anomaly: portcullis_audit::AnomalySettings,
 }
 
 impl GatewaySettings {
@@ -190,5 +205,96 @@ impl HttpLimits {
 impl Default for HttpLimits {
     fn default() -> Self {
         serde_json::from_value(serde_json::json!({})).expect("defaults deserialize")
+    }
+}
+
+/// `gateway.etcd`: the etcd cluster `config_source: etcd` reads and the
+/// Admin API writes, with the names APISIX gives them in `deployment.etcd`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSettings {
+    /// Endpoints, `http://127.0.0.1:2379` or `https://...`.
+    #[serde(default = "EtcdSettings::default_host")]
+    pub host: Vec<String>,
+    /// Every key lives under it: `{prefix}/routes/{id}`.
+    #[serde(default = "EtcdSettings::default_prefix")]
+    pub prefix: String,
+    /// Seconds one etcd request may take.
+    #[serde(default = "EtcdSettings::default_timeout")]
+    pub timeout: f64,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub tls: Option<EtcdTls>,
+    /// portcullis: seconds the node may go without hearing from etcd before
+    /// `/readyz` fails (it keeps serving its last good config regardless).
+    /// 0: never fail on staleness.
+    #[serde(default = "EtcdSettings::default_max_staleness")]
+    pub max_staleness: f64,
+}
+
+impl EtcdSettings {
+    fn default_host() -> Vec<String> {
+        vec!["http://127.0.0.1:2379".into()]
+    }
+    fn default_prefix() -> String {
+        "/apisix".into()
+    }
+    fn default_timeout() -> f64 {
+        30.0
+    }
+    fn default_max_staleness() -> f64 {
+        60.0
+    }
+}
+
+impl Default for EtcdSettings {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults deserialize")
+    }
+}
+
+impl std::fmt::Debug for EtcdSettings {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("host", &self.host)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("max_staleness", &self.max_staleness)
+            .finish()
+    }
+}
+
+/// TLS towards etcd: a client certificate, and whether (and against which
+/// CA) etcd's certificate is verified.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// Client certificate (PEM) and its key, for etcd's `--client-cert-auth`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// portcullis always verifies etcd's certificate; `false` is refused.
+    #[serde(default = "EtcdTls::default_verify")]
+    pub verify: bool,
+    /// portcullis: the CA that signed etcd's certificate (PEM). Default: the
+    /// system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The name to verify etcd's certificate against, when not the host's.
+    #[serde(default)]
+    pub sni: Option<String>,
+}
+
+impl EtcdTls {
+    fn default_verify() -> bool {
+        true
     }
 }

@@ -382,6 +382,10 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
                         &index,
                         runtime,
                     )
+                    .and_then(|c| {
+                        crate::tiers::check_route(&route, &services, &plugin_configs, &global_defs)
+                            .map(|()| c)
+                    })
                 }),
         };
         match compiled {
@@ -427,8 +431,8 @@ pub fn build(raw: RawConfig, runtime: &Runtime) -> Result<Snapshot, Vec<ConfigEr
 
     let mut ssls = Vec::new();
     for (r, s) in ssl_defs {
-        if s.cert.is_none() && s.certs.is_empty() {
-            errors.push(ConfigError::new("cert", "required").in_resource(r.origin.clone()));
+        if let Err(e) = crate::ssl::parse(&s) {
+            errors.push(e.in_resource(r.origin.clone()));
         }
         ssls.push(s);
     }

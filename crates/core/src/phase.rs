@@ -118,7 +118,16 @@ pub enum Flow {
     /// Wait for the future, then treat its result as the plugin's answer.
     /// The future owns what it needs: it cannot borrow the request.
     Wait(BoxFuture<'static, Flow>),
+    /// Await the future, then call the plugin's `on_request` again. For a
+    /// plugin whose answer needs IO and also changes the request (an
+    /// authenticator that must fetch before it can set `identity`): the
+    /// future fills the plugin's own cache, the second call reads it. The
+    /// pipeline allows [`MAX_RETRIES`] in a row, then answers 503.
+    Retry(BoxFuture<'static, ()>),
 }
+
+/// How many [`Flow::Retry`] one plugin may return for one request.
+pub const MAX_RETRIES: usize = 3;
 
 impl std::fmt::Debug for Flow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,6 +135,7 @@ impl std::fmt::Debug for Flow {
             Flow::Continue => f.write_str("Continue"),
             Flow::Respond(r) => f.debug_tuple("Respond").field(&r.status).finish(),
             Flow::Wait(_) => f.write_str("Wait(..)"),
+            Flow::Retry(_) => f.write_str("Retry(..)"),
         }
     }
 }

@@ -189,7 +189,7 @@ mod tests {
                 r.status.as_u16(),
                 String::from_utf8(r.body.to_vec()).unwrap(),
             )),
-            Flow::Wait(_) => panic!("ip-restriction never waits"),
+            Flow::Wait(_) | Flow::Retry(_) => panic!("ip-restriction never waits"),
         }
     }
 

@@ -24,11 +24,13 @@
 //! kept only in the credential index; they never reach a log, an error or a
 //! decision record, and the Admin API masks them.
 
-mod jwks;
-mod keys;
+// pub(crate): openid-connect verifies tokens against discovered JWK sets
+// with the same code.
+pub(crate) mod jwks;
+pub(crate) mod keys;
 #[cfg(test)]
 mod test_keys;
-mod token;
+pub(crate) mod token;
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -9,6 +9,7 @@ pub mod registry;
 
 mod auth_common;
 mod basic_auth;
+mod consumer_restriction;
 mod cors;
 mod file_logger;
 mod http_logger;
@@ -21,6 +22,9 @@ mod limit_key;
 mod limit_req;
 mod limit_store;
 mod mocking;
+mod mtls_auth;
+mod openid_connect;
+mod policy;
 mod prometheus;
 mod proxy_rewrite;
 mod real_ip;
@@ -33,6 +37,7 @@ mod syslog;
 
 pub use consumers::{ConsumerIndex, IndexedCredential};
 pub use context::{parse_conf, BuildContext, SharedState};
+pub use mtls_auth::PeerCertificate;
 pub use proxy_rewrite::{UpstreamHost, UpstreamScheme};
 pub use redis_policy::{redis_failed_closed_total, redis_failed_open_total};
 pub use registry::{build_plugin, plugin_names, plugin_schema, PluginSpec, REGISTRY};

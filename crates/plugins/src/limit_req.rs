@@ -353,6 +353,7 @@ mod tests {
         match flow {
             Flow::Continue => Some(0),
             Flow::Wait(_) => Some(u64::MAX),
+            Flow::Retry(_) => panic!("limit-req never retries"),
             Flow::Respond(_) => None,
         }
     }

@@ -233,7 +233,7 @@ mod tests {
                     .unwrap();
                 Some((r.status.as_u16(), loc))
             }
-            Flow::Wait(_) => panic!("redirect never waits"),
+            Flow::Wait(_) | Flow::Retry(_) => panic!("redirect never waits"),
         }
     }
 

@@ -35,6 +35,7 @@ pub struct PluginSpec {
 /// Every plugin, by name. Keep sorted by name.
 pub static REGISTRY: &[PluginSpec] = &[
     crate::basic_auth::SPEC,
+    crate::consumer_restriction::SPEC,
     crate::cors::SPEC,
     crate::file_logger::SPEC,
     crate::http_logger::SPEC,
@@ -45,6 +46,9 @@ pub static REGISTRY: &[PluginSpec] = &[
     crate::limit_count::SPEC,
     crate::limit_req::SPEC,
     crate::mocking::SPEC,
+    crate::mtls_auth::SPEC,
+    crate::openid_connect::SPEC,
+    crate::policy::SPEC,
     crate::prometheus::SPEC,
     crate::proxy_rewrite::SPEC,
     crate::real_ip::SPEC,

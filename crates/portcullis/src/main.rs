@@ -1,6 +1,8 @@
 //! The `portcullis` binary: command line, wiring, signals — nothing else.
 
+mod audit_cli;
 mod demo;
+mod migrate;
 mod serve;
 mod watch;
 
@@ -48,6 +50,25 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The audit store: verify its hash chain, query and summarise it
+    /// (docs/audit.md).
+    Audit {
+        #[command(subcommand)]
+        command: audit_cli::AuditCommand,
+    },
+    /// Copy every resource from one config source to another:
+    /// `file:PATH`, `store:DATA_DIR` or `etcd:HOST[,HOST]/PREFIX`
+    /// (docs/etcd.md). The target's existing resources are kept; the result
+    /// is validated whole before anything is written.
+    Migrate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// Replace a `file:` target that exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the gateway on an example config in front of a built-in demo
     /// upstream, and print requests to try.
     Demo {
@@ -65,6 +86,12 @@ fn main() -> ExitCode {
         Command::Demo { port } => demo::run(port),
         Command::Export { config } => serve::export(&config),
         Command::Import { file, config } => serve::import(&file, &config),
+        Command::Migrate { from, to, force } => migrate::run(&from, &to, force),
+        Command::Audit { command } => match audit_cli::run(command) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(2),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

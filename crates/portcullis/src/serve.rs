@@ -57,6 +57,7 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
     let source = source_of(&file);
     let live = Live::new();
     let mut store = None;
+    let mut etcd = None;
     match source {
         ConfigSource::File => {
             live.apply(file.resources.clone()).map_err(|errors| {
@@ -80,7 +81,15 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
             }
             store = Some(opened);
         }
-        ConfigSource::Etcd => anyhow::bail!("config_source: etcd is not supported yet"),
+        ConfigSource::Etcd => {
+            // The last good config from etcd is kept here for a start
+            // while etcd is away (docs/etcd.md).
+            let cache = portcullis_etcd::cache::path_in(&file.gateway.data_dir);
+            etcd = Some(
+                portcullis_etcd::shared(&file.gateway.etcd, Some(cache))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            );
+        }
     }
 
     let settings = file.gateway.clone();
@@ -93,19 +102,23 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
     };
     let access_log = AccessLog::for_node(&settings)
         .with_context(|| format!("cannot open access log {}", settings.access_log))?;
+    start_audit(&settings, store.as_ref());
     let dp = Arc::new(DataPlane {
         live: live.clone(),
         settings: settings.clone(),
         access_log,
     });
-    let shutdown = Shutdown::default();
-    let handles = spawn_workers(dp, workers, shutdown.clone())?;
-    tracing::info!(listen = ?settings.listen, workers, source = ?source, "portcullis serving");
-
+    // The etcd client lives on the control runtime: make that first, so
+    // the config is loaded before the data plane starts.
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("control runtime")?;
+    let etcd_started = etcd.as_ref().map(|e| control.block_on(e.start(&live)));
+    let shutdown = Shutdown::default();
+    let handles = spawn_workers(dp, workers, shutdown.clone())?;
+    tracing::info!(listen = ?settings.listen, workers, source = ?source, "portcullis serving");
+
     control.block_on(async {
         let ops = tokio::net::TcpListener::bind(settings.metrics.listen)
             .await
@@ -118,12 +131,15 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
         if settings.admin.keys.is_empty() {
             tracing::warn!("no admin keys configured: every Admin API request will be refused");
         }
-        let admin = Arc::new(portcullis_admin::Admin::new(
-            live.clone(),
-            store.clone(),
-            &settings,
-            path.clone(),
-        ));
+        let admin = Arc::new(match &etcd {
+            Some(etcd) => portcullis_admin::Admin::with_etcd(live.clone(), etcd.clone(), &settings),
+            None => {
+                portcullis_admin::Admin::new(live.clone(), store.clone(), &settings, path.clone())
+            }
+        });
+        if let (Some(etcd), Some(started)) = (&etcd, etcd_started.clone()) {
+            tokio::spawn(etcd.clone().run(live.clone(), started));
+        }
         tokio::spawn(portcullis_admin::serve(admin_listener, admin.clone()));
         portcullis_admin::start_expiry(admin);
         if let (ConfigSource::File, Some(path)) = (source, path.as_ref()) {
@@ -140,6 +156,36 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The audit store, quarantines and detectors (docs/audit.md). A node whose
+/// audit file cannot be opened still serves, and says so.
+fn start_audit(
+    settings: &portcullis_config::GatewaySettings,
+    store: Option<&Arc<portcullis_store::Store>>,
+) {
+    if !settings.audit.enabled {
+        return;
+    }
+    match portcullis_audit::start(&settings.data_dir, &settings.audit, &settings.anomaly) {
+        Ok(audit) => {
+            if let Some(store) = store.cloned() {
+                audit.set_change_recorder(move |n| {
+                    let meta = portcullis_store::ChangeMeta::new(&n.actor, &n.client, n.method);
+                    if let Err(e) = store.record_change(
+                        n.kind,
+                        &n.id,
+                        n.before.as_ref(),
+                        n.after.as_ref(),
+                        &meta,
+                    ) {
+                        tracing::error!(error = %e, "cannot record a quarantine change");
+                    }
+                });
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "audit store disabled"),
+    }
 }
 
 pub fn open_store(data_dir: &Path) -> anyhow::Result<portcullis_store::Store> {

@@ -163,7 +163,11 @@ fn every_example_config_validates() {
             .replace("{PORT}", "9080");
         let copy = scratch.path().join(path.file_name().unwrap());
         std::fs::write(&copy, text).unwrap();
-        let out = portcullis().args(["validate", "--config"]).arg(&copy).output().unwrap();
+        let out = portcullis()
+            .args(["validate", "--config"])
+            .arg(&copy)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{} does not validate:\n{}",

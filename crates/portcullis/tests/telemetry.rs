@@ -97,13 +97,13 @@ routes:
   - id: open
     name: open-route
     uri: /open
-    labels: {{ tier: low_risk_read_api, team: web }}
+    labels: {{ team: web }}
     plugins: {{ request-id: {{}} {extra_route_plugins} }}
     upstream: {{ {node} }}
   - id: auth
     uri: /auth
-    labels: {{ tier: customer_data_api }}
-    plugins: {{ key-auth: {{}} }}
+    labels: {{ tier: low_risk_read_api }}
+    plugins: {{ key-auth: {{}}, limit-count: {{ count: 1000, time_window: 60 }} }}
     upstream: {{ {node} }}
   - id: denied
     uri: /denied
@@ -183,7 +183,7 @@ async fn every_request_has_exactly_one_record_with_its_decisions() {
     assert_eq!(open["status"], 200);
     assert_eq!(open["route"]["id"], "open");
     assert_eq!(open["route"]["name"], "open-route");
-    assert_eq!(open["route"]["tier"], "low_risk_read_api");
+    assert!(open["route"]["tier"].is_null());
     assert_eq!(open["route"]["labels"]["team"], "web");
     assert_eq!(open["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(open["request_id"].as_str().is_some_and(|s| !s.is_empty()));
@@ -206,10 +206,13 @@ async fn every_request_has_exactly_one_record_with_its_decisions() {
     assert!(rejected["consumer"].is_null());
     assert!(rejected["upstream"].is_null());
     let served = auth.iter().find(|r| r["status"] == 200).unwrap();
-    assert_eq!(decisions(served), [pair("key-auth", "allow")]);
+    assert_eq!(
+        decisions(served),
+        [pair("key-auth", "allow"), pair("limit-count", "allow")]
+    );
     assert_eq!(served["consumer"]["username"], "alice");
     assert_eq!(served["consumer"]["authenticated_by"], "key-auth");
-    assert_eq!(served["route"]["tier"], "customer_data_api");
+    assert_eq!(served["route"]["tier"], "low_risk_read_api");
     assert!(served.get("query").is_none());
     // A trace id is made up when the client sent none.
     assert_eq!(served["trace_id"].as_str().unwrap().len(), 32);

@@ -16,6 +16,7 @@ pub mod ops;
 mod pipeline;
 mod pool;
 mod server;
+pub mod tls;
 mod upstream_tls;
 
 pub use server::{spawn_workers, DataPlane, Shutdown};

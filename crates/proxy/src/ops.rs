@@ -51,7 +51,16 @@ fn answer(live: &Live, path: &str) -> Response<Full<Bytes>> {
                 "reloads_applied": status.applied_total,
                 "reloads_refused": status.refused_total,
             });
-            let ready = status.loaded_at.is_some() && status.last_error.is_none();
+            let mut body = body;
+            let now = std::time::SystemTime::now();
+            let stale = status.is_stale(now);
+            if let Some(age) = status.source_age(now) {
+                // etcd: how old the served config may be, and whether that
+                // is past `max_staleness`.
+                body["config_source_age_seconds"] = age_seconds(age).into();
+                body["stale"] = stale.into();
+            }
+            let ready = status.loaded_at.is_some() && status.last_error.is_none() && !stale;
             json(
                 if ready {
                     StatusCode::OK
@@ -78,17 +87,35 @@ fn answer(live: &Live, path: &str) -> Response<Full<Bytes>> {
                     metrics.set_upstream_status(name, &node.authority, healthy);
                 }
             }
+            let mut text = metrics.render();
+            if let Some(age) = status.source_age(std::time::SystemTime::now()) {
+                let gauge = format!(
+                    "# HELP portcullis_config_source_age_seconds Seconds since the config source (etcd) was last heard from.\n# TYPE portcullis_config_source_age_seconds gauge\nportcullis_config_source_age_seconds {}\n",
+                    age_seconds(age)
+                );
+                let at = text.rfind("# EOF").unwrap_or(text.len());
+                text.insert_str(at, &gauge);
+            }
             Response::builder()
                 .header(
                     "content-type",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )
-                .body(Full::new(Bytes::from(metrics.render())))
+                .body(Full::new(Bytes::from(text)))
                 .unwrap_or_default()
         }
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error_msg": "not found"}),
         ),
+    }
+}
+
+/// An age for /readyz and /metrics; "never heard from" reads as -1.
+fn age_seconds(age: std::time::Duration) -> f64 {
+    if age == std::time::Duration::MAX {
+        -1.0
+    } else {
+        (age.as_secs_f64() * 1000.0).round() / 1000.0
     }
 }

@@ -9,11 +9,24 @@ use portcullis_core::{Decision, Flow, Phase, Plugin, Rejection, RequestState};
 /// Await a plugin's answer, however it came.
 async fn decide(plugin: &dyn Plugin, req: &mut RequestState) -> Option<Rejection> {
     let mut flow = plugin.on_request(req);
+    let mut retries = 0;
     loop {
         match flow {
             Flow::Continue => return None,
             Flow::Respond(r) => return Some(r),
             Flow::Wait(fut) => flow = fut.await,
+            Flow::Retry(fut) if retries < portcullis_core::phase::MAX_RETRIES => {
+                retries += 1;
+                fut.await;
+                flow = plugin.on_request(req);
+            }
+            Flow::Retry(_) => {
+                tracing::warn!(plugin = plugin.name(), "plugin kept asking to retry");
+                return Some(Rejection::error_msg(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "service temporarily unavailable",
+                ));
+            }
         }
     }
 }

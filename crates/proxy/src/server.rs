@@ -71,13 +71,20 @@ pub fn spawn_workers(
     shutdown: Shutdown,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
+    // One TLS terminator for all workers: its SNI table follows the snapshot.
+    let tls = (!dp.settings.listen_tls.is_empty()).then(|| {
+        Arc::new(crate::tls::TlsTerminator::new(
+            dp.live.clone(),
+            Duration::from_secs_f64(dp.settings.http.header_read_timeout.max(0.001)),
+        ))
+    });
     for worker in 0..workers.max(1) {
-        let listeners = dp
-            .settings
-            .listen
-            .iter()
-            .map(|addr| {
-                bind_reuseport(*addr).map_err(|e| {
+        let plain = dp.settings.listen.iter().map(|a| (a, None));
+        let secure = dp.settings.listen_tls.iter().map(|a| (a, tls.clone()));
+        let listeners = plain
+            .chain(secure)
+            .map(|(addr, tls)| {
+                bind_reuseport(*addr).map(|l| (l, tls)).map_err(|e| {
                     std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
                 })
             })
@@ -99,9 +106,15 @@ pub fn spawn_workers(
     Ok(handles)
 }
 
-async fn run_worker(dp: Arc<DataPlane>, listeners: Vec<std::net::TcpListener>, shutdown: Shutdown) {
+/// A listening socket and, for HTTPS listeners, the TLS terminator.
+type Listener = (
+    std::net::TcpListener,
+    Option<Arc<crate::tls::TlsTerminator>>,
+);
+
+async fn run_worker(dp: Arc<DataPlane>, listeners: Vec<Listener>, shutdown: Shutdown) {
     let mut tasks = Vec::new();
-    for l in listeners {
+    for (l, tls) in listeners {
         let listener = match tokio::net::TcpListener::from_std(l) {
             Ok(l) => l,
             Err(e) => {
@@ -112,6 +125,7 @@ async fn run_worker(dp: Arc<DataPlane>, listeners: Vec<std::net::TcpListener>, s
         tasks.push(tokio::spawn(accept_loop(
             dp.clone(),
             listener,
+            tls,
             shutdown.clone(),
         )));
     }
@@ -127,7 +141,12 @@ async fn run_worker(dp: Arc<DataPlane>, listeners: Vec<std::net::TcpListener>, s
     }
 }
 
-async fn accept_loop(dp: Arc<DataPlane>, listener: tokio::net::TcpListener, shutdown: Shutdown) {
+async fn accept_loop(
+    dp: Arc<DataPlane>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::TlsTerminator>>,
+    shutdown: Shutdown,
+) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut stop = shutdown.subscribe();
     loop {
@@ -147,7 +166,14 @@ async fn accept_loop(dp: Arc<DataPlane>, listener: tokio::net::TcpListener, shut
         let _ = stream.set_nodelay(true);
         let dp = dp.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(serve_connection(dp, stream, peer, local_port, shutdown));
+        tokio::spawn(serve_connection(
+            dp,
+            stream,
+            peer,
+            local_port,
+            shutdown,
+            tls.clone(),
+        ));
     }
 }
 
@@ -165,6 +191,7 @@ async fn serve_connection(
     peer: SocketAddr,
     local_port: u16,
     shutdown: Shutdown,
+    tls: Option<Arc<crate::tls::TlsTerminator>>,
 ) {
     shutdown.active_connections.fetch_add(1, Ordering::Relaxed);
     let _guard = ConnectionGuard(shutdown.active_connections.clone());
@@ -173,9 +200,11 @@ async fn serve_connection(
     // why (408). hyper reads through tokio's own TcpStream, which skips the
     // read that would only return EAGAIN after a short read and does not
     // zero its buffer.
+    // (Not over TLS, where plain bytes would break the stream.)
     let for_408 = std::os::fd::AsFd::as_fd(&stream)
         .try_clone_to_owned()
         .ok()
+        .filter(|_| tls.is_none())
         .map(std::net::TcpStream::from);
     let limits = &dp.settings.http;
 
@@ -194,10 +223,22 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32);
 
+    // HTTPS: the handshake, then the verified client certificate (if any)
+    // travels with every request of the connection.
+    let (stream, scheme, peer_cert) = match tls {
+        None => (crate::tls::Stream::Plain(stream), "http", None),
+        Some(tls) => match tls.accept(stream).await {
+            Some((s, cert)) => (crate::tls::Stream::Tls(Box::new(s)), "https", cert),
+            None => return,
+        },
+    };
     let svc_dp = dp.clone();
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let dp = svc_dp.clone();
-        async move { Ok::<_, Infallible>(handle(&dp, req, peer, local_port).await) }
+        if let Some(cert) = &peer_cert {
+            req.extensions_mut().insert(cert.clone());
+        }
+        async move { Ok::<_, Infallible>(handle(&dp, req, peer, scheme, local_port).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -251,12 +292,13 @@ async fn handle(
     dp: &DataPlane,
     req: Request<Incoming>,
     peer: SocketAddr,
+    scheme: &'static str,
     local_port: u16,
 ) -> Response<RespBody> {
     let started = Instant::now();
     let snapshot = dp.live.load();
     let (parts, body) = req.into_parts();
-    let mut st = RequestState::new(parts, peer, "http", local_port);
+    let mut st = RequestState::new(parts, peer, scheme, local_port);
     st.consumers = snapshot.consumers.clone();
     let mut trace = Trace {
         started,
@@ -321,6 +363,12 @@ async fn run_route(
         if let Some(r) = crate::pipeline::run_phase(route, phase, st).await {
             return Err(r);
         }
+        // Containment (docs/audit.md): quarantines apply once the caller is known.
+        if phase == Phase::Authenticate {
+            if let Some(r) = portcullis_audit::quarantine::check(st) {
+                return Err(r);
+            }
+        }
     }
     let mut body = Some(body);
     if let Some(limit) = route.body_limit {
@@ -333,7 +381,13 @@ async fn run_route(
         }
     }
 
-    let Some(upstream) = route.upstream.as_deref() else {
+    // A quarantine's `redirect` to a safe upstream replaces the route's.
+    let safe_upstream = st
+        .head
+        .extensions
+        .remove::<portcullis_audit::quarantine::SafeUpstream>()
+        .and_then(|s| dp.live.load().upstreams.get(&s.0).cloned());
+    let Some(upstream) = safe_upstream.as_deref().or(route.upstream.as_deref()) else {
         return Err(Rejection::error_msg(
             StatusCode::SERVICE_UNAVAILABLE,
             "missing upstream configuration in Route or Service",
@@ -527,4 +581,5 @@ fn log_access(
         encoded: Default::default(),
     };
     portcullis_telemetry::log(st, &record, plugins, dp.access_log.sink());
+    portcullis_audit::observe(&record);
 }

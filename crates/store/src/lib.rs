@@ -10,7 +10,10 @@
 //! with `synchronous=FULL`: a write that was acknowledged survives `kill -9`
 //! and power loss.
 
+mod pending;
 pub mod secrets;
+
+pub use pending::{Applied, DecideError, PendingChange, Proposal};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -182,6 +185,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(pending::SCHEMA)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -584,6 +588,37 @@ fn record_change(
         "configuration changed"
     );
     Ok(())
+}
+
+/// Changes the node makes outside the resource tables (quarantines, from
+/// portcullis-audit), recorded in the same history.
+impl Store {
+    pub fn record_change(
+        &self,
+        kind: &str,
+        id: &str,
+        before: Option<&Value>,
+        after: Option<&Value>,
+        meta: &ChangeMeta,
+    ) -> Result<()> {
+        let enc = |v: Option<&Value>| v.map(serde_json::to_string).transpose();
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO changes (time, actor, client, method, kind, id, before, after)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            now_millis() / 1000,
+            meta.actor,
+            meta.client,
+            meta.method,
+            kind,
+            id,
+            enc(before)?,
+            enc(after)?,
+        ])?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

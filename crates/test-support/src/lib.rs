@@ -3,6 +3,7 @@
 //! real `portcullis` binary started on loopback ports.
 
 pub mod client;
+pub mod etcd;
 pub mod gateway;
 pub mod redis;
 pub mod upstream;

@@ -95,7 +95,6 @@ impl JwksSource {
     }
 
     /// How many keys the set holds now.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.keys.load().len()
     }
@@ -288,7 +287,7 @@ async fn refresher(weak: Weak<JwksSource>, wake: Arc<Notify>) {
 }
 
 /// Run `fut` on the background thread that fetches JWK sets.
-fn spawn_background(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+pub(crate) fn spawn_background(fut: impl std::future::Future<Output = ()> + Send + 'static) {
     static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
     let handle = HANDLE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -394,7 +393,7 @@ where
         .map_err(|e| format!("request: {e}"))
 }
 
-fn tls_config() -> Arc<rustls::ClientConfig> {
+pub(crate) fn tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {

@@ -1,0 +1,495 @@
+//! Containment: quarantines of a consumer, a credential, a client network
+//! or a route, each with an action, a reason and an expiry.
+//!
+//! The data plane asks [`check`] once per request, right after the
+//! Authenticate phase. The active set is an immutable index behind an
+//! `ArcSwap`: the request side only loads a pointer and looks up hash maps;
+//! a create or lift builds a new index and swaps it in, so a change applies
+//! to the very next request. Expiry is checked on the request side too, so
+//! a quarantine never outlives its `expires_at` even between sweeps.
+//!
+//! Answers:
+//! - `block`: `403 {"message":"Access suspended: quarantined by the gateway"}`
+//!   with `x-portcullis-quarantine: <id>`;
+//! - `limit`: a token bucket of `rate` requests per second (burst `burst`,
+//!   default `max(rate, 1)`) per quarantine; beyond it
+//!   `429 {"error_msg":"quarantine rate limit exceeded"}`;
+//! - `redirect`: `{"upstream_id": "safe"}` sends the request to that
+//!   upstream instead of the route's, or `{"status": 200, "body": "...",
+//!   "content_type": "application/json"}` answers with that mocked response.
+//!
+//! Each match adds a `quarantine` decision to the request's decision record.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, StatusCode};
+use ipnet::IpNet;
+use portcullis_core::decision::Outcome;
+use portcullis_core::{Decision, Rejection, RequestState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::time;
+
+pub const BLOCK_MESSAGE: &str = "Access suspended: quarantined by the gateway";
+pub const LIMIT_MESSAGE: &str = "quarantine rate limit exceeded";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Block,
+    Limit,
+    Redirect,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// A quarantine as created, stored and listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cidr: Option<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    pub action: Action,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    pub reason: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms; `None`: until lifted.
+    pub expires_at: Option<i64>,
+    pub created_by: String,
+}
+
+/// The body of `POST /portcullis/v1/quarantine`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    #[serde(default)]
+    pub consumer: Option<String>,
+    #[serde(default)]
+    pub credential: Option<String>,
+    #[serde(default)]
+    pub client_cidr: Option<String>,
+    #[serde(default)]
+    pub route: Option<String>,
+    pub action: Action,
+    #[serde(default)]
+    pub rate: Option<f64>,
+    #[serde(default)]
+    pub burst: Option<f64>,
+    #[serde(default)]
+    pub redirect: Option<Redirect>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Seconds; absent or 0: until lifted.
+    #[serde(default)]
+    pub expires_in: Option<f64>,
+}
+
+impl CreateRequest {
+    /// Check the request and make the quarantine it asks for.
+    pub fn into_spec(self, actor: &str) -> Result<Spec, String> {
+        let targets = [
+            self.consumer.is_some(),
+            self.credential.is_some(),
+            self.client_cidr.is_some(),
+            self.route.is_some(),
+        ]
+        .iter()
+        .filter(|t| **t)
+        .count();
+        if targets != 1 {
+            return Err(
+                "name exactly one target: consumer, credential, client_cidr or route".into(),
+            );
+        }
+        for (name, v) in [
+            ("consumer", &self.consumer),
+            ("credential", &self.credential),
+            ("route", &self.route),
+        ] {
+            if v.as_deref() == Some("") {
+                return Err(format!("{name} must not be empty"));
+            }
+        }
+        let client_cidr = match &self.client_cidr {
+            None => None,
+            Some(c) => Some(match c.parse::<IpNet>() {
+                Ok(n) => n,
+                Err(_) => c
+                    .parse::<std::net::IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| format!("client_cidr: \"{c}\" is not an address or CIDR"))?,
+            }),
+        };
+        match self.action {
+            Action::Limit => match self.rate {
+                Some(r) if r.is_finite() && r > 0.0 => {}
+                _ => return Err("action limit needs rate: requests per second above 0".into()),
+            },
+            Action::Redirect => {
+                let ok = self.redirect.as_ref().is_some_and(|r| {
+                    r.upstream_id.is_some() || r.body.is_some() || r.status.is_some()
+                });
+                if !ok {
+                    return Err(
+                        "action redirect needs redirect: {\"upstream_id\": ...} or {\"status\": ..., \"body\": ...}"
+                            .into(),
+                    );
+                }
+                if let Some(s) = self.redirect.as_ref().and_then(|r| r.status) {
+                    if StatusCode::from_u16(s).is_err() || s < 200 {
+                        return Err(format!("redirect.status: {s} is not a valid status"));
+                    }
+                }
+            }
+            Action::Block => {}
+        }
+        if let Some(b) = self.burst {
+            if !(b.is_finite() && b >= 1.0) {
+                return Err("burst must be at least 1".into());
+            }
+        }
+        let expires_in = self.expires_in.unwrap_or(0.0);
+        if !(expires_in.is_finite() && expires_in >= 0.0) {
+            return Err("expires_in must be a number of seconds".into());
+        }
+        let now = time::now_ms();
+        Ok(Spec {
+            id: format!("q-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            consumer: self.consumer,
+            credential: self.credential,
+            client_cidr,
+            route: self.route,
+            action: self.action,
+            rate: self.rate,
+            burst: self.burst,
+            redirect: self.redirect,
+            reason: self.reason.unwrap_or_default(),
+            created_at: now,
+            expires_at: (expires_in > 0.0).then(|| now + (expires_in * 1000.0) as i64),
+            created_by: actor.to_string(),
+        })
+    }
+}
+
+impl Spec {
+    /// `consumer:order-service`, `route:admin`, ...
+    pub fn target(&self) -> String {
+        if let Some(c) = &self.consumer {
+            format!("consumer:{c}")
+        } else if let Some(c) = &self.credential {
+            format!("credential:{c}")
+        } else if let Some(c) = &self.client_cidr {
+            format!("client_cidr:{c}")
+        } else {
+            format!("route:{}", self.route.as_deref().unwrap_or_default())
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut v {
+            m.insert("target".into(), Value::String(self.target()));
+            m.insert(
+                "created".into(),
+                Value::String(time::format(self.created_at)),
+            );
+            m.insert(
+                "expires".into(),
+                self.expires_at
+                    .map_or(Value::Null, |e| Value::String(time::format(e))),
+            );
+        }
+        v
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+struct Entry {
+    spec: Spec,
+    bucket: Mutex<Bucket>,
+    header: HeaderValue,
+}
+
+impl Entry {
+    fn new(spec: Spec) -> Arc<Entry> {
+        let burst = spec.burst.unwrap_or(spec.rate.unwrap_or(1.0).max(1.0));
+        Arc::new(Entry {
+            header: HeaderValue::from_str(&spec.id)
+                .unwrap_or(HeaderValue::from_static("quarantine")),
+            spec,
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                last: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    fn live(&self, now: i64) -> bool {
+        self.spec.expires_at.is_none_or(|e| now < e)
+    }
+
+    /// Take a token; false when the bucket is empty.
+    fn take(&self) -> bool {
+        let rate = self.spec.rate.unwrap_or(1.0);
+        let burst = self.spec.burst.unwrap_or(rate.max(1.0));
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Default)]
+struct Active {
+    by_consumer: HashMap<String, Arc<Entry>>,
+    by_credential: HashMap<String, Arc<Entry>>,
+    by_route: HashMap<String, Arc<Entry>>,
+    cidrs: Vec<(IpNet, Arc<Entry>)>,
+    count: usize,
+}
+
+/// The node's quarantines.
+pub struct Quarantines {
+    active: ArcSwap<Active>,
+    /// The source of truth for rebuilding `active`, by id.
+    specs: Mutex<BTreeMap<String, Arc<Entry>>>,
+}
+
+/// The process's quarantines.
+pub fn registry() -> &'static Quarantines {
+    static Q: OnceLock<Quarantines> = OnceLock::new();
+    Q.get_or_init(|| Quarantines {
+        active: ArcSwap::from_pointee(Active::default()),
+        specs: Mutex::new(BTreeMap::new()),
+    })
+}
+
+/// Set on the request by a `redirect` to an upstream: the proxy sends the
+/// request to this upstream id instead of the route's.
+#[derive(Debug, Clone)]
+pub struct SafeUpstream(pub String);
+
+impl Quarantines {
+    fn rebuild(&self, specs: &BTreeMap<String, Arc<Entry>>) {
+        let mut a = Active::default();
+        // Oldest first, so the first quarantine of a target stays in force
+        // when two name the same one.
+        let mut entries: Vec<&Arc<Entry>> = specs.values().collect();
+        entries.sort_by_key(|e| e.spec.created_at);
+        for e in entries {
+            let s = &e.spec;
+            if let Some(c) = &s.consumer {
+                a.by_consumer.entry(c.clone()).or_insert_with(|| e.clone());
+            } else if let Some(c) = &s.credential {
+                a.by_credential
+                    .entry(c.clone())
+                    .or_insert_with(|| e.clone());
+            } else if let Some(r) = &s.route {
+                a.by_route.entry(r.clone()).or_insert_with(|| e.clone());
+            } else if let Some(n) = s.client_cidr {
+                a.cidrs.push((n, e.clone()));
+            }
+            a.count += 1;
+        }
+        self.active.store(Arc::new(a));
+    }
+
+    /// Make `spec` active now.
+    pub fn insert(&self, spec: Spec) {
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        specs.insert(spec.id.clone(), Entry::new(spec));
+        self.rebuild(&specs);
+    }
+
+    /// Lift one; returns it when it was active.
+    pub fn remove(&self, id: &str) -> Option<Spec> {
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        let gone = specs.remove(id)?;
+        self.rebuild(&specs);
+        Some(gone.spec.clone())
+    }
+
+    /// Remove and return every quarantine whose expiry has passed.
+    pub fn take_expired(&self, now: i64) -> Vec<Spec> {
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        let due: Vec<String> = specs
+            .values()
+            .filter(|e| !e.live(now))
+            .map(|e| e.spec.id.clone())
+            .collect();
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let out = due
+            .iter()
+            .filter_map(|id| specs.remove(id))
+            .map(|e| e.spec.clone())
+            .collect();
+        self.rebuild(&specs);
+        out
+    }
+
+    pub fn list(&self) -> Vec<Spec> {
+        let specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Spec> = specs.values().map(|e| e.spec.clone()).collect();
+        v.sort_by_key(|s| s.created_at);
+        v
+    }
+
+    pub fn get(&self, id: &str) -> Option<Spec> {
+        let specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        specs.get(id).map(|e| e.spec.clone())
+    }
+
+    /// An active quarantine with the same target and action, if any.
+    pub fn find_target(&self, target: &str) -> Option<Spec> {
+        self.list().into_iter().find(|s| s.target() == target)
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.active.load().count
+    }
+}
+
+/// The data plane's check, after Authenticate. `None`: carry on (a
+/// `redirect` to an upstream sets [`SafeUpstream`] on the request).
+pub fn check(st: &mut RequestState) -> Option<Rejection> {
+    let active = registry().active.load();
+    if active.count == 0 {
+        return None;
+    }
+    let now = time::now_ms();
+    let found = st
+        .identity
+        .as_ref()
+        .and_then(|id| {
+            active
+                .by_consumer
+                .get(&*id.consumer.username)
+                .filter(|e| e.live(now))
+                .or_else(|| {
+                    id.credential_id
+                        .as_deref()
+                        .and_then(|c| active.by_credential.get(c))
+                        .filter(|e| e.live(now))
+                })
+        })
+        .or_else(|| active.by_route.get(&*st.route.id).filter(|e| e.live(now)))
+        .or_else(|| {
+            active
+                .cidrs
+                .iter()
+                .find(|(n, e)| n.contains(&st.client_ip) && e.live(now))
+                .map(|(_, e)| e)
+        })?
+        .clone();
+    drop(active);
+    let s = &found.spec;
+    let reason = |what: &str| -> std::borrow::Cow<'static, str> {
+        format!("{what} by quarantine {} ({})", s.id, s.target()).into()
+    };
+    let (outcome, answer) = match s.action {
+        Action::Block => (
+            Outcome::Reject,
+            Some(
+                Rejection::message(StatusCode::FORBIDDEN, BLOCK_MESSAGE).with_header(
+                    http::HeaderName::from_static("x-portcullis-quarantine"),
+                    found.header.clone(),
+                ),
+            ),
+        ),
+        Action::Limit => {
+            if found.take() {
+                (Outcome::Allow, None)
+            } else {
+                (
+                    Outcome::Reject,
+                    Some(
+                        Rejection::error_msg(StatusCode::TOO_MANY_REQUESTS, LIMIT_MESSAGE)
+                            .with_header(
+                                http::HeaderName::from_static("x-portcullis-quarantine"),
+                                found.header.clone(),
+                            ),
+                    ),
+                )
+            }
+        }
+        Action::Redirect => {
+            let r = s.redirect.clone().unwrap_or_default();
+            match r.upstream_id {
+                Some(up) => {
+                    st.head.extensions.insert(SafeUpstream(up));
+                    (Outcome::Allow, None)
+                }
+                None => {
+                    let status = r
+                        .status
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                        .unwrap_or(StatusCode::OK);
+                    let mut rej = Rejection::plain(status, r.body.unwrap_or_default());
+                    rej.headers.clear();
+                    let ct = r
+                        .content_type
+                        .as_deref()
+                        .and_then(|c| HeaderValue::from_str(c).ok())
+                        .unwrap_or(HeaderValue::from_static("application/json"));
+                    rej.headers.push((http::header::CONTENT_TYPE, ct));
+                    rej.headers.push((
+                        http::HeaderName::from_static("x-portcullis-quarantine"),
+                        found.header.clone(),
+                    ));
+                    (Outcome::Reject, Some(rej))
+                }
+            }
+        }
+    };
+    st.decisions.push(Decision {
+        plugin: "quarantine",
+        outcome,
+        reason: Some(match (s.action, &answer) {
+            (Action::Block, _) => reason("blocked"),
+            (Action::Limit, Some(_)) => reason("rate limited"),
+            (Action::Limit, None) => reason("within the rate"),
+            (Action::Redirect, Some(_)) => reason("answered with a mock"),
+            (Action::Redirect, None) => reason("sent to the safe upstream"),
+        }),
+        limit: None,
+    });
+    answer
+}
