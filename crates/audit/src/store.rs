@@ -109,7 +109,7 @@ pub fn canonical(seq: i64, r: &RowRef<'_>) -> Vec<u8> {
     buf.extend_from_slice(b"portcullis.audit/v1\n");
     buf.extend_from_slice(&seq.to_be_bytes());
     buf.extend_from_slice(&r.time.to_be_bytes());
-    buf.extend_from_slice(&(r.status as i64).to_be_bytes());
+    buf.extend_from_slice(&r.status.to_be_bytes());
     for f in [
         Some(r.event),
         r.consumer,

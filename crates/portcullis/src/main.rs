@@ -54,7 +54,7 @@ enum Command {
     /// (docs/audit.md).
     Audit {
         #[command(subcommand)]
-        command: audit_cli::AuditCommand,
+        command: Box<audit_cli::AuditCommand>,
     },
     /// Copy every resource from one config source to another:
     /// `file:PATH`, `store:DATA_DIR` or `etcd:HOST[,HOST]/PREFIX`
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         Command::Export { config } => serve::export(&config),
         Command::Import { file, config } => serve::import(&file, &config),
         Command::Migrate { from, to, force } => migrate::run(&from, &to, force),
-        Command::Audit { command } => match audit_cli::run(command) {
+        Command::Audit { command } => match audit_cli::run(*command) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(2),
             Err(e) => Err(e),
