@@ -213,9 +213,10 @@ async fn commit(
     ctx: &Ctx,
     kind: Kind,
     id: &str,
-    value: Value,
+    mut value: Value,
     ttl: Option<f64>,
 ) -> Result<Reply, Reply> {
+    super::seal(kind, &mut value);
     for _ in 0..ATTEMPTS {
         let (mut candidate, guard) = view(etcd)?;
         candidate.upsert(

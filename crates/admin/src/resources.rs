@@ -477,6 +477,16 @@ fn prepare(live: &Live, candidate: RawConfig, kind: Kind, id: &str) -> Result<Sn
         .map_err(|errors| Reply::error(400, describe(kind, &origin(kind, id), &errors)))
 }
 
+/// API keys and basic-auth passwords are stored as digests, never as
+/// written (see portcullis_plugins::secrets_at_rest).
+pub(crate) fn seal(kind: Kind, value: &mut Value) {
+    if matches!(kind, Kind::Consumers | Kind::Credentials) {
+        if let Some(Value::Object(plugins)) = value.get_mut("plugins") {
+            portcullis_plugins::secrets_at_rest::seal_credentials(plugins);
+        }
+    }
+}
+
 /// The served configuration, to build a write's candidate from. In store
 /// mode it is what the store holds (every write and expiry goes through
 /// here), and copying it copies pointers, not JSON.
@@ -511,9 +521,10 @@ fn commit(
     ctx: &Ctx,
     kind: Kind,
     id: &str,
-    value: Value,
+    mut value: Value,
     ttl: Option<f64>,
 ) -> Result<Reply, Reply> {
+    seal(kind, &mut value);
     let mut candidate = served(&admin.live);
     candidate.upsert(
         kind,

@@ -9,9 +9,10 @@ use portcullis_core::ConfigError;
 use portcullis_store::{ChangeMeta, Store, StoreError};
 use serde_json::{Map, Value};
 
-/// Every resource in the store as config file YAML. Secrets are written in
-/// clear: the file is a backup that must restore working credentials, so
-/// treat it like the database itself. ttl is not kept: exported resources
+/// Every resource in the store as config file YAML. API keys and basic-auth
+/// passwords are already digests in the store; other secrets (jwt-auth HMAC
+/// secrets, TLS keys) are written as stored, since the file is a backup that
+/// must restore working credentials: treat it like the database itself. ttl is not kept: exported resources
 /// are permanent.
 pub fn export_yaml(store: &Store) -> Result<String, StoreError> {
     let all = store.all()?;
@@ -99,6 +100,7 @@ pub fn import(store: &Store, raw: RawConfig) -> Result<usize, ImportError> {
     for kind in Kind::ALL {
         for r in raw.of(kind) {
             let mut value = Value::clone(&r.value);
+            crate::resources::seal(kind, &mut value);
             if let Value::Object(obj) = &mut value {
                 obj.remove("create_time");
                 obj.remove("update_time");

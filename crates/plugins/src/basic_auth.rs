@@ -43,7 +43,7 @@ const MISSING: &str = "Missing authorization in request";
 const INVALID_AUTHORIZATION: &str = "Invalid authorization in request";
 const INVALID_USER: &str = "Invalid user authorization";
 
-const DIGEST_PREFIX: &str = "hmac-sha256:";
+pub(crate) const DIGEST_PREFIX: &str = "hmac-sha256:";
 const SALT_LEN: usize = 16;
 
 #[derive(Debug, Deserialize)]
@@ -146,7 +146,6 @@ fn consumer_conf(conf: &Value) -> Result<CredentialConf, ConfigError> {
 
 /// The stored digest of `password` with a fresh salt, in the form a config
 /// may carry instead of the password.
-#[cfg(test)]
 pub(crate) fn digest_for_config(password: &str) -> String {
     let salt: [u8; SALT_LEN] = rand::random();
     format!(

@@ -128,7 +128,7 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// Hex SHA-256, the form keys are indexed and looked up by.
-fn digest(key: &[u8]) -> String {
+pub(crate) fn digest(key: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let sum = Sha256::digest(key);
     let mut out = String::with_capacity(64);

@@ -6,6 +6,7 @@ pub mod consumers;
 pub mod context;
 pub mod dry_run;
 pub mod registry;
+pub mod secrets_at_rest;
 
 mod auth_common;
 mod basic_auth;

@@ -197,14 +197,22 @@ async fn a_block_applies_to_the_next_request_and_delete_lifts_it() {
     assert_eq!(created["list"][0]["consumer"], "alice");
     let lifted = events(&gw, "quarantine.lift", 1).await;
     assert_eq!(lifted["total"], 1);
-    let (_, blocked) = admin(
-        &gw,
-        "GET",
-        "/portcullis/v1/audit?consumer=alice&status=403",
-        VIEWER,
-        Value::Null,
-    )
-    .await;
+    // Records reach the store in batches off the request path: wait for them.
+    let mut blocked = Value::Null;
+    for _ in 0..100 {
+        (_, blocked) = admin(
+            &gw,
+            "GET",
+            "/portcullis/v1/audit?consumer=alice&status=403",
+            VIEWER,
+            Value::Null,
+        )
+        .await;
+        if blocked["total"] == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(blocked["total"], 2, "{blocked}");
     assert_eq!(blocked["list"][0]["plugin"], "quarantine");
     let decisions = blocked["list"][0]["record"]["decisions"]
