@@ -67,7 +67,9 @@ consumers:
     desc: a consumer
   - id: jack/credentials/c1
     plugins:
-      key-auth: {{ key: jack-key }}
+      # sha256("jack-key"): stores keep API keys as digests, so the round
+      # trip is compared in that form; requests still present "jack-key".
+      key-auth: {{ key: "sha256:1fe706351dd2dfd936e98c1569805804987c13ebaffc348d98b2e370d6916b30" }}
 global_rules:
   - id: gr1
     plugins:
