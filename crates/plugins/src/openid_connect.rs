@@ -363,9 +363,9 @@ async fn call_inner(
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
-        send(TokioIo::new(tls), request).await?
+        crate::jwt_auth::jwks::send(TokioIo::new(tls), request).await?
     } else {
-        send(TokioIo::new(tcp), request).await?
+        crate::jwt_auth::jwks::send(TokioIo::new(tcp), request).await?
     };
     let status = response.status();
     let body = Limited::new(response.into_body(), MAX_BODY)
@@ -374,25 +374,6 @@ async fn call_inner(
         .map_err(|e| format!("body: {e}"))?
         .to_bytes();
     Ok((status, body))
-}
-
-async fn send<T>(
-    io: T,
-    request: http::Request<Full<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
-where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("request: {e}"))
 }
 
 /// `application/x-www-form-urlencoded` value encoding.

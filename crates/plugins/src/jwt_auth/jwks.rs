@@ -374,12 +374,17 @@ async fn fetch_inner(uri: &http::Uri) -> Result<(Bytes, Option<Duration>), Strin
     Ok((body, max_age))
 }
 
-async fn send<T>(
+/// One request over a fresh HTTP/1.1 connection (plain or TLS), for the
+/// identity-provider fetches of jwt-auth and openid-connect.
+pub(crate) async fn send<T, B>(
     io: T,
-    request: http::Request<Empty<Bytes>>,
+    request: http::Request<B>,
 ) -> Result<http::Response<hyper::body::Incoming>, String>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
