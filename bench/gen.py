@@ -120,6 +120,10 @@ def portcullis_conf(a):
         f'  data_dir: "{data_dir}"',
         "  workers: 1",
         '  access_log: "off"',
+        # The bare proxy: the audit store (on by default) writes every
+        # request to SQLite with a hash chain and is measured on its own
+        # (PORTCULLIS_BENCH_AUDIT=1 keeps it on).
+        "  audit: { enabled: %s }" % ("true" if os.environ.get("PORTCULLIS_BENCH_AUDIT") == "1" else "false"),
         "  log_level: error",
         "upstreams:",
         "  - id: up",
