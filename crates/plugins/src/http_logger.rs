@@ -127,17 +127,17 @@ struct Conf {
     include_req_body: bool,
     #[serde(default)]
     include_resp_body: bool,
-    #[serde(default = "default_batch_max_size")]
+    #[serde(default = "BatchOptions::default_batch_max_size")]
     batch_max_size: usize,
-    #[serde(default = "default_inactive_timeout")]
+    #[serde(default = "BatchOptions::default_inactive_timeout")]
     inactive_timeout: f64,
-    #[serde(default = "default_buffer_duration")]
+    #[serde(default = "BatchOptions::default_buffer_duration")]
     buffer_duration: f64,
     #[serde(default)]
     max_retry_count: u32,
-    #[serde(default = "default_retry_delay")]
+    #[serde(default = "BatchOptions::default_retry_delay")]
     retry_delay: f64,
-    #[serde(default = "default_max_pending")]
+    #[serde(default = "BatchOptions::default_max_pending_entries")]
     max_pending_entries: usize,
 }
 
@@ -149,21 +149,6 @@ fn default_concat() -> String {
 }
 fn yes() -> bool {
     true
-}
-fn default_batch_max_size() -> usize {
-    1000
-}
-fn default_inactive_timeout() -> f64 {
-    5.0
-}
-fn default_buffer_duration() -> f64 {
-    60.0
-}
-fn default_retry_delay() -> f64 {
-    1.0
-}
-fn default_max_pending() -> usize {
-    10_000
 }
 
 fn schema() -> Value {

@@ -37,19 +37,20 @@ pub struct BatchOptions {
 }
 
 impl BatchOptions {
-    fn default_batch_max_size() -> usize {
+    // APISIX's batch-processor defaults; the logger plugins name these too.
+    pub fn default_batch_max_size() -> usize {
         1000
     }
-    fn default_inactive_timeout() -> f64 {
+    pub fn default_inactive_timeout() -> f64 {
         5.0
     }
-    fn default_buffer_duration() -> f64 {
+    pub fn default_buffer_duration() -> f64 {
         60.0
     }
-    fn default_retry_delay() -> f64 {
+    pub fn default_retry_delay() -> f64 {
         1.0
     }
-    fn default_max_pending_entries() -> usize {
+    pub fn default_max_pending_entries() -> usize {
         10_000
     }
 
