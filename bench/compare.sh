@@ -3,11 +3,16 @@
 # run, interleaved, on loopback. See docs/benchmarks.md.
 #
 #   bench/compare.sh [--rounds N] [--duration S] [--connections C] [--threads T]
-#                    [--scenario bare|routes10|routes1000|routes10000|key-auth|limit-count]
-#                    [--no-build] [--bin PATH] [--alt-bin PATH] [--keep]
+#                    [--scenario S] [--no-build] [--bin PATH] [--alt-bin PATH] [--keep]
+#
+# Scenarios: bare, routesN (routes10, routes1000, routes10000), key-auth,
+# jwt-hs256, jwt-es256, policy100, limit-count, limit-count-redis, telemetry,
+# audit, post, validation. Each but bare, post and routes10 also runs its
+# portcullis baseline (bare; post for validation; routes10 for routesN) in the
+# same interleaved run and prints the plugin's cost over it.
 #
 # Layout (2+ CPUs): each proxy pinned to CPU 0 (one worker each), the upstream
-# (nginx, fixed 1 KiB body) and wrk share CPU 1.
+# (nginx, fixed 1 KiB body), Redis (limit-count-redis) and wrk share CPU 1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,13 +35,9 @@ while [ $# -gt 0 ]; do
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
   esac
 done
-case "$scenario" in
-  bare|key-auth|limit-count|routes[0-9]*) ;;
-  *) echo "compare.sh: unknown scenario $scenario" >&2; exit 2 ;;
-esac
-if [[ "$scenario" == routes* ]] && ! [[ "${scenario#routes}" =~ ^[0-9]+$ ]]; then
-  echo "compare.sh: routesN needs a number, e.g. routes1000" >&2; exit 2
-fi
+baseline=$(python3 "$BENCH/gen.py" baseline - --work . --port 0 --scenario "$scenario" 2>/dev/null) || {
+  echo "compare.sh: unknown scenario $scenario (see --help)" >&2; exit 2
+}
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
@@ -46,6 +47,10 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "$scenario" = limit-count-redis ]; then
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
@@ -117,15 +122,32 @@ tree() { echo "$1" $(pgrep -P "$1" || true); }
 vmhwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
 # --- start everything ----------------------------------------------------------
-read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics a_port a_admin a_metrics <<<"$(free_ports 11)"
+read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics a_port a_admin a_metrics redis_port <<<"$(free_ports 12)"
 path=/bench/item
-headers=()
-[ "$scenario" = key-auth ] && headers=(-H "apikey: bench-key-0123456789")
+# What wrk sends besides GET $path: headers (-H ...) or a POST script (-s ...).
+eval "client_args=($(python3 "$BENCH/gen.py" client - --work "$work" --port 0 --scenario "$scenario"))"
+curl_args=()
+if [ -f "$work/post.json" ]; then
+  curl_args=(-X POST -H 'Content-Type: application/json' --data-binary "@$work/post.json")
+else
+  for ((i = 0; i < ${#client_args[@]}; i += 2)); do curl_args+=("${client_args[i]}" "${client_args[i + 1]}"); done
+fi
 
+if [ "$scenario" = limit-count-redis ]; then
+  say "redis on :$redis_port (CPU 1)"
+  taskset -c 1 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    >"$work/redis.out" 2>&1 &
+  redis_pid=$!; pids+=("$redis_pid")
+  wait_port "$redis_port" "$redis_pid" "redis-server" "$work/redis.out"
+fi
+
+gen_portcullis() { # gen_portcullis OUT PORT ADMIN METRICS SCENARIO
+  python3 "$BENCH/gen.py" portcullis "$1" --work "$work" --port "$2" --upstream "$up_port" \
+    --admin "$3" --metrics "$4" --redis "$redis_port" --scenario "$5"
+}
 python3 "$BENCH/gen.py" upstream "$work/upstream.conf" --work "$work" --port "$up_port"
 python3 "$BENCH/gen.py" nginx "$work/nginx.conf" --work "$work" --port "$ng_port" --upstream "$up_port" --scenario "$scenario"
-python3 "$BENCH/gen.py" portcullis "$work/portcullis.yaml" --work "$work" --port "$pc_port" --upstream "$up_port" \
-  --admin "$pc_admin" --metrics "$pc_metrics" --scenario "$scenario"
+gen_portcullis "$work/portcullis.yaml" "$pc_port" "$pc_admin" "$pc_metrics" "$scenario"
 
 say "upstream nginx on :$up_port (CPU 1)"
 taskset -c 1 "$NGINX" -p "$work" -c "$work/upstream.conf" -e "$work/upstream.error.log" >"$work/upstream.out" 2>&1 &
@@ -145,23 +167,22 @@ wait_port "$pc_port" "$pc_pid" "portcullis" "$work/portcullis.out"
 targets=(nginx portcullis)
 declare -A port_of=([nginx]=$ng_port [portcullis]=$pc_port)
 declare -A pid_of=([nginx]=$ng_pid [portcullis]=$pc_pid)
-if [[ "$scenario" == routes* ]] && [ "$scenario" != routes10 ]; then
-  python3 "$BENCH/gen.py" portcullis "$work/portcullis-routes10.yaml" --work "$work" --port "$b_port" --upstream "$up_port" \
-    --admin "$b_admin" --metrics "$b_metrics" --scenario routes10
-  say "portcullis (routes10 baseline) on :$b_port (CPU 0)"
-  taskset -c 0 "$BIN" serve --config "$work/portcullis-routes10.yaml" >"$work/portcullis-routes10.out" 2>&1 &
+if [ -n "$baseline" ]; then
+  b=portcullis-$baseline
+  gen_portcullis "$work/$b.yaml" "$b_port" "$b_admin" "$b_metrics" "$baseline"
+  say "$b (baseline) on :$b_port (CPU 0)"
+  taskset -c 0 "$BIN" serve --config "$work/$b.yaml" >"$work/$b.out" 2>&1 &
   b_pid=$!; pids+=("$b_pid")
-  wait_port "$b_port" "$b_pid" "portcullis routes10" "$work/portcullis-routes10.out"
-  targets+=(portcullis-routes10)
-  port_of[portcullis-routes10]=$b_port
-  pid_of[portcullis-routes10]=$b_pid
+  wait_port "$b_port" "$b_pid" "$b" "$work/$b.out"
+  targets+=("$b")
+  port_of[$b]=$b_port
+  pid_of[$b]=$b_pid
 fi
 
 if [ -n "$alt_bin" ]; then
   # A second portcullis build (e.g. a branch) on the same config, interleaved.
   [ -x "$alt_bin" ] || die "--alt-bin $alt_bin is not an executable"
-  python3 "$BENCH/gen.py" portcullis "$work/portcullis-alt.yaml" --work "$work" --port "$a_port" --upstream "$up_port" \
-    --admin "$a_admin" --metrics "$a_metrics" --scenario "$scenario"
+  gen_portcullis "$work/portcullis-alt.yaml" "$a_port" "$a_admin" "$a_metrics" "$scenario"
   say "portcullis-alt ($alt_bin) on :$a_port (CPU 0)"
   taskset -c 0 "$alt_bin" serve --config "$work/portcullis-alt.yaml" >"$work/portcullis-alt.out" 2>&1 &
   a_pid=$!; pids+=("$a_pid")
@@ -173,12 +194,13 @@ fi
 
 # Every proxy must answer the measured request with 200 before we measure.
 for t in "${targets[@]}"; do
-  code=$(curl -s -o /dev/null -w '%{http_code}' "${headers[@]}" "http://127.0.0.1:${port_of[$t]}$path" || true)
-  [ "$code" = 200 ] || die "$t answered $code to GET $path (want 200); logs in $work (use --keep)"
+  code=$(curl -s -o /dev/null -w '%{http_code}' "${curl_args[@]}" "http://127.0.0.1:${port_of[$t]}$path" || true)
+  [ "$code" = 200 ] || die "$t answered $code to $path (want 200); logs in $work (use --keep)"
 done
 
 cat >"$work/meta.env" <<EOF
 scenario=$scenario
+baseline=$baseline
 rounds=$rounds
 duration=$duration
 threads=$threads
@@ -194,7 +216,7 @@ if python3 -c "import sys; sys.exit(0 if float('$load1') > 0.5 else 1)"; then
 fi
 
 run_wrk() { # run_wrk TARGET SECONDS OUTFILE
-  taskset -c 1 wrk -t"$threads" -c"$connections" -d"${2}s" --latency "${headers[@]}" \
+  taskset -c 1 wrk -t"$threads" -c"$connections" -d"${2}s" --latency "${client_args[@]}" \
     "http://127.0.0.1:${port_of[$1]}$path" >"$3" 2>&1
 }
 

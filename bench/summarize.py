@@ -103,9 +103,9 @@ def main():
               f"CPU/req {fmt(ratio(med(proxy, 'cpu_us_per_req'), med(ng, 'cpu_us_per_req')), '.2f')}x, "
               f"p99 {fmt(ratio(med(proxy, 'p99_ms'), med(ng, 'p99_ms')), '.2f')}x, "
               f"peak RSS {fmt(ratio(mem.get(proxy), mem.get(ng)), '.2f')}x")
-    base = "portcullis-routes10"
+    base = "portcullis-" + meta.get("baseline", "") if meta.get("baseline") else None
     if base in rows and "portcullis" in rows:
-        print(f"portcullis {meta.get('scenario')}/routes10: req/s "
+        print(f"portcullis {meta.get('scenario')}/{meta.get('baseline')}: req/s "
               f"{fmt(ratio(med('portcullis', 'rps'), med(base, 'rps')), '.2f')}x, CPU/req "
               f"{fmt(ratio(med('portcullis', 'cpu_us_per_req'), med(base, 'cpu_us_per_req')), '.2f')}x, p99 "
               f"{fmt(ratio(med('portcullis', 'p99_ms'), med(base, 'p99_ms')), '.2f')}x, peak RSS "
