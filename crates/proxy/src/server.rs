@@ -286,6 +286,8 @@ struct Trace {
     /// Index of the matched route in the snapshot, for its log hooks.
     route_index: Option<usize>,
     upstream: UpstreamOutcome,
+    /// W3C trace context and, when sampled, the span (docs/tracing.md).
+    span: portcullis_telemetry::trace::RequestSpan,
 }
 
 async fn handle(
@@ -305,6 +307,7 @@ async fn handle(
         route_id: None,
         route_index: None,
         upstream: UpstreamOutcome::default(),
+        span: portcullis_telemetry::trace::RequestSpan::start(&st.head.headers),
     };
 
     let found = snapshot
@@ -317,6 +320,7 @@ async fn handle(
             vars: &st,
         })
         .map(|m| {
+            trace.span.set_route(m.uri);
             let params: Vec<(String, String)> = m
                 .params()
                 .iter()
@@ -398,12 +402,16 @@ async fn run_route(
         .then(|| st.head.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
     prepare_upstream_headers(dp, st, websocket);
+    trace.span.inject(&mut st.head.headers);
     let req_body = match (st.body.take(), body) {
         (Some(buffered), _) => ReqBody::Full((!buffered.is_empty()).then_some(buffered)),
         (None, Some(incoming)) => ReqBody::Streaming(incoming),
         (None, None) => ReqBody::empty(),
     };
-    let mut resp = forward(upstream, st, req_body, &mut trace.upstream).await?;
+    trace.span.upstream_started();
+    let forwarded = forward(upstream, st, req_body, &mut trace.upstream).await;
+    trace.span.upstream_finished(&forwarded);
+    let mut resp = forwarded?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let (Some(client), Some(upstream_side)) = (
             client_upgrade,
@@ -552,7 +560,7 @@ fn log_access(
     let record = portcullis_core::DecisionRecord {
         time: std::time::SystemTime::now(),
         request_id: st.request_id.as_deref(),
-        trace_id: portcullis_telemetry::trace_id(&st.head.headers),
+        trace_id: trace.span.trace_id(),
         route: trace.route_id.as_ref().map(|_| &*st.route),
         identity: st.identity.as_ref(),
         client_ip: st.client_ip,
@@ -581,5 +589,6 @@ fn log_access(
         encoded: Default::default(),
     };
     portcullis_telemetry::log(st, &record, plugins, dp.access_log.sink());
+    trace.span.finish(st, &record, plugins);
     portcullis_audit::observe(&record);
 }

@@ -1,6 +1,7 @@
 //! portcullis telemetry: one decision record per request, its versioned
 //! JSON encoding with redaction, Prometheus metrics, and the sinks records
-//! go to (stdout, file, HTTP batches, syslog).
+//! go to (stdout, file, HTTP batches, syslog), and OpenTelemetry traces
+//! exported over OTLP ([`trace`], docs/tracing.md).
 //!
 //! The proxy builds a borrowed [`DecisionRecord`] in its log phase and calls
 //! [`log`]: metrics are recorded from thread-local handles, the record is
@@ -13,6 +14,7 @@ pub mod record;
 pub mod redact;
 pub mod settings;
 pub mod sink;
+pub mod trace;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -23,7 +25,7 @@ use portcullis_core::{Plugin, RequestState};
 
 pub use metrics::Metrics;
 pub use redact::Redaction;
-pub use settings::TelemetrySettings;
+pub use settings::{TelemetrySettings, TracingSettings};
 pub use sink::RecordSink;
 
 /// The record's JSON schema, as published in docs/.
@@ -39,14 +41,17 @@ pub struct Telemetry {
 
 static GLOBAL: OnceLock<Telemetry> = OnceLock::new();
 
-/// Set the node's telemetry settings, before requests are served. The
-/// first call wins (settings are node settings: they change with a restart,
-/// not a reload).
+/// Set the node's telemetry settings, before requests are served, and start
+/// the trace exporter when tracing is enabled. The first call wins
+/// (settings are node settings: they change with a restart, not a reload).
 pub fn init(settings: &TelemetrySettings) -> &'static Telemetry {
     let t = global();
     if t.redaction.set(Redaction::from_settings(settings)).is_ok() {
         t.sink_queue
             .store(settings.sink_queue.max(1), Ordering::Relaxed);
+        if let Err(e) = trace::start(&settings.tracing) {
+            tracing::error!(error = %e, "cannot start the OpenTelemetry exporter: traces are not exported");
+        }
     }
     t
 }
@@ -100,7 +105,8 @@ pub fn log(
     }
 }
 
-/// The trace id for a request: continued from `traceparent`, else new.
+/// The trace id for a request: continued from a valid `traceparent`, else
+/// new. (The proxy takes it from its [`trace::RequestSpan`].)
 pub fn trace_id(headers: &http::HeaderMap) -> [u8; 16] {
-    record::trace_id(headers)
+    trace::context::traceparent(headers).map_or_else(trace::context::new_trace_id, |p| p.trace_id)
 }

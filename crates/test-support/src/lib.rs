@@ -5,6 +5,7 @@
 pub mod client;
 pub mod etcd;
 pub mod gateway;
+pub mod otlp;
 pub mod redis;
 pub mod upstream;
 
