@@ -15,8 +15,9 @@ use crate::model::{self, BalancerKind, HashOn, Nodes, PassHost, Scheme};
 pub struct UpstreamNode {
     pub host: String,
     pub port: u16,
-    /// `host:port`, as a connection target and for the log.
-    pub authority: String,
+    /// `host:port`, as a connection target, the plain-HTTP pool key and
+    /// for the log (shared, so a request copies a pointer, not the text).
+    pub authority: std::sync::Arc<str>,
     pub weight: u32,
     pub priority: i32,
 }
@@ -259,7 +260,8 @@ fn node(host: String, port: u16, weight: u32, priority: i32) -> UpstreamNode {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    };
+    }
+    .into();
     UpstreamNode {
         host,
         port,

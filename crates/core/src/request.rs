@@ -62,7 +62,7 @@ impl RequestState {
             scheme,
             server_port,
             request_id: None,
-            route: Arc::new(RouteInfo::default()),
+            route: no_route(),
             path_params: Vec::new(),
             identity: None,
             consumers: empty_index(),
@@ -118,6 +118,13 @@ impl RequestState {
 }
 
 /// One shared empty index, so a new request state allocates none.
+/// Until a route matches: one shared empty `RouteInfo`, so a request
+/// allocates nothing for it.
+fn no_route() -> Arc<RouteInfo> {
+    static NONE: std::sync::OnceLock<Arc<RouteInfo>> = std::sync::OnceLock::new();
+    NONE.get_or_init(Arc::default).clone()
+}
+
 fn empty_index() -> Arc<ConsumerIndex> {
     static EMPTY: std::sync::OnceLock<Arc<ConsumerIndex>> = std::sync::OnceLock::new();
     EMPTY.get_or_init(Arc::default).clone()

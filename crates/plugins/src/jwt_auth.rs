@@ -31,6 +31,7 @@ pub(crate) mod keys;
 #[cfg(test)]
 mod test_keys;
 pub(crate) mod token;
+mod verified;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -542,6 +543,8 @@ struct JwtAuth {
     route_keys: Option<RouteKeys>,
     route_grace: u64,
     now: fn() -> u64,
+    /// This instance's number in the verified-token cache.
+    instance: u64,
 }
 
 fn system_now() -> u64 {
@@ -631,6 +634,7 @@ fn build(conf: &Value, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigErr
         route_keys,
         route_grace: conf.lifetime_grace_period.unwrap_or(0),
         now: system_now,
+        instance: verified::next_instance(),
     }))
 }
 
@@ -676,8 +680,17 @@ impl JwtAuth {
         let Some((raw, source)) = self.token(req) else {
             return Err(fail(MISSING, "missing token"));
         };
-        let token = token::parse(&raw).map_err(|m| fail(INVALID_TOKEN, m.reason()))?;
         let now = (self.now)();
+        if self.route_keys.is_none() {
+            if let Some(v) = verified::get(self.instance, &req.consumers, &raw, now) {
+                if self.hide_credentials {
+                    self.hide(req, source);
+                }
+                attach_identity(req, NAME, v.consumer, v.credential_id);
+                return Ok(());
+            }
+        }
+        let token = token::parse(&raw).map_err(|m| fail(INVALID_TOKEN, m.reason()))?;
         // The algorithm the token claims; `none` and unknown names fail here.
         let alg = parse_alg(&token.alg);
         let (consumer, credential_id) = if let Some(route) = &self.route_keys {
@@ -733,6 +746,24 @@ impl JwtAuth {
                 .and_then(|()| self.policy.check_others(&token.payload))
                 .and_then(|()| credential.check_others(&token.payload))
                 .map_err(|e| fail(VERIFY_FAILED, e.reason()))?;
+            // Keys held in the credential itself (not a JWK set that may
+            // rotate) let the next request with this token skip the check.
+            if matches!(conf.get("kind").and_then(Value::as_str), Some("hmac" | "public")) {
+                let leeway = time.leeway as f64;
+                let claim = |name: &str| token.payload.get(name).and_then(Value::as_f64);
+                verified::put(
+                    self.instance,
+                    &req.consumers,
+                    &raw,
+                    now,
+                    claim("nbf").map(|nbf| (nbf - leeway).ceil().max(0.0) as u64),
+                    claim("exp").map(|exp| (exp + leeway).ceil().max(0.0) as u64),
+                    verified::Verified {
+                        consumer: found.consumer.clone(),
+                        credential_id: found.credential_id.clone(),
+                    },
+                );
+            }
             (found.consumer.clone(), found.credential_id.clone())
         };
         if self.hide_credentials {

@@ -1,7 +1,9 @@
 //! request-validation: check request headers and the buffered body against
 //! JSON Schemas before anything reaches the upstream (APISIX's plugin of
 //! the same name: `header_schema`, `body_schema`, `rejected_code`,
-//! `rejected_msg`).
+//! `rejected_msg`), and, as a portcullis extension, the query arguments and
+//! the route's path parameters (`query_schema`, `path_schema`, in
+//! [`params`]).
 //!
 //! Schemas are compiled once, when the snapshot is built. Only references
 //! inside the schema itself (`#/...`) resolve: a schema that points at a
@@ -28,6 +30,10 @@ use serde_json::{json, Map, Value};
 use crate::context::{parse_conf, BuildContext};
 use crate::registry::PluginSpec;
 
+mod params;
+
+use params::ParamSchema;
+
 pub const NAME: &str = "request-validation";
 
 pub const SPEC: PluginSpec = PluginSpec {
@@ -49,6 +55,10 @@ const MAX_ERROR_LEN: usize = 200;
 struct Conf {
     header_schema: Option<Map<String, Value>>,
     body_schema: Option<Map<String, Value>>,
+    /// portcullis: the query arguments, as an object of names.
+    query_schema: Option<Map<String, Value>>,
+    /// portcullis: the path parameters the route's uri captures.
+    path_schema: Option<Map<String, Value>>,
     #[serde(default = "default_rejected_code")]
     rejected_code: u16,
     rejected_msg: Option<String>,
@@ -70,17 +80,22 @@ fn schema() -> Value {
         "properties": {
             "header_schema": {"type": "object"},
             "body_schema": {"type": "object"},
+            "query_schema": {"type": "object"},
+            "path_schema": {"type": "object"},
             "rejected_code": {"type": "integer", "minimum": 200, "maximum": 599, "default": 400},
             "rejected_msg": {"type": "string", "minLength": 1, "maxLength": 256},
             "max_body_bytes": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_BODY}
         },
-        "anyOf": [{"required": ["header_schema"]}, {"required": ["body_schema"]}],
+        "anyOf": [{"required": ["header_schema"]}, {"required": ["body_schema"]},
+                  {"required": ["query_schema"]}, {"required": ["path_schema"]}],
         "additionalProperties": false
     })
 }
 
 struct RequestValidation {
     header_schema: Option<HeaderSchema>,
+    path_schema: Option<ParamSchema>,
+    query_schema: Option<ParamSchema>,
     body_schema: Option<Validator>,
     rejected_code: StatusCode,
     rejected_msg: Option<String>,
@@ -97,7 +112,11 @@ struct HeaderSchema {
 
 fn build(conf: &Value, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError> {
     let conf: Conf = parse_conf(conf)?;
-    if conf.header_schema.is_none() && conf.body_schema.is_none() {
+    if conf.header_schema.is_none()
+        && conf.body_schema.is_none()
+        && conf.query_schema.is_none()
+        && conf.path_schema.is_none()
+    {
         return Err(ConfigError::new(
             "",
             "object matches none of the required: [\"header_schema\"] or [\"body_schema\"]",
@@ -137,8 +156,24 @@ fn build(conf: &Value, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigErr
         .body_schema
         .map(|s| compile(&Value::Object(s)).map_err(|e| e.under("body_schema")))
         .transpose()?;
+    let param_schema = |field: &str, s: Map<String, Value>| {
+        let schema = Value::Object(s);
+        params::check_shape(field, &schema)?;
+        let validator = compile(&schema).map_err(|e| e.under(field))?;
+        Ok::<_, ConfigError>(ParamSchema::new(validator, &schema))
+    };
+    let path_schema = conf
+        .path_schema
+        .map(|s| param_schema("path_schema", s))
+        .transpose()?;
+    let query_schema = conf
+        .query_schema
+        .map(|s| param_schema("query_schema", s))
+        .transpose()?;
     Ok(Arc::new(RequestValidation {
         header_schema,
+        path_schema,
+        query_schema,
         body_schema,
         rejected_code,
         rejected_msg: conf.rejected_msg,
@@ -301,6 +336,35 @@ impl RequestValidation {
         first.map_or(Ok(()), Err)
     }
 
+    /// Path parameters, then query arguments; the first failure, named as
+    /// a body failure is but with where it was found.
+    fn check_params(&self, req: &RequestState) -> Result<(), String> {
+        let checks = [
+            (
+                "path",
+                self.path_schema.as_ref().map(|s| (s, s.path_object(req))),
+            ),
+            (
+                "query",
+                self.query_schema.as_ref().map(|s| (s, s.query_object(req))),
+            ),
+        ];
+        for (what, check) in checks {
+            let Some((schema, value)) = check else {
+                continue;
+            };
+            let first = schema
+                .validator
+                .iter_errors(&value)
+                .next()
+                .map(|e| describe(&e));
+            if let Some(e) = first {
+                return Err(truncate(&format!("{what}: {e}"), MAX_ERROR_LEN));
+            }
+        }
+        Ok(())
+    }
+
     fn body_kind(req: &RequestState) -> Result<BodyKind, String> {
         let mut types = req.head.headers.get_all(http::header::CONTENT_TYPE).iter();
         let Some(ct) = types.next() else {
@@ -414,6 +478,9 @@ impl Plugin for RequestValidation {
             if let Err(e) = self.check_headers(schema, req) {
                 return self.reject(req, e);
             }
+        }
+        if let Err(e) = self.check_params(req) {
+            return self.reject(req, e);
         }
         if let Some(validator) = &self.body_schema {
             match self.check_body(validator, req) {
@@ -629,6 +696,80 @@ mod tests {
             .headers
             .insert("x-tenant", HeaderValue::from_static("a"));
         assert!(matches!(p.on_request(&mut req), Flow::Continue));
+    }
+
+    fn pets_api() -> Arc<dyn Plugin> {
+        try_build(json!({
+            "path_schema": {"type": "object", "required": ["petId"],
+                "properties": {"petId": {"type": "integer", "minimum": 1}}},
+            "query_schema": {"type": "object", "required": ["limit"],
+                "properties": {"limit": {"type": "integer", "maximum": 100},
+                               "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2},
+                               "debug": {"type": "boolean"}}}
+        }))
+        .unwrap()
+    }
+
+    fn get(uri: &str, pet_id: &str) -> RequestState {
+        let (head, ()) = http::Request::builder()
+            .uri(uri)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut req = RequestState::new(head, "10.0.0.7:5555".parse().unwrap(), "http", 9080);
+        req.path_params = vec![("petId".into(), pet_id.into())];
+        req
+    }
+
+    #[test]
+    fn path_and_query_text_is_validated_as_the_schema_types_it() {
+        let p = pets_api();
+        assert_eq!(p.body_limit(), None);
+        for uri in [
+            "/pets/7?limit=10",
+            "/pets/7?limit=100&tags=a&tags=b&debug=true",
+        ] {
+            assert!(
+                matches!(p.on_request(&mut get(uri, "7")), Flow::Continue),
+                "{uri}"
+            );
+        }
+        let (status, body) = rejection(p.on_request(&mut get("/pets/x?limit=10", "x")));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body.starts_with("path: property \"petId\" validation failed"),
+            "{body}"
+        );
+        let (_, body) = rejection(p.on_request(&mut get("/pets/0?limit=10", "0")));
+        assert!(body.starts_with("path: property \"petId\""), "{body}");
+        let (_, body) = rejection(p.on_request(&mut get("/pets/7", "7")));
+        assert_eq!(body, "query: property \"limit\" is required");
+        for uri in [
+            "/pets/7?limit=101",
+            "/pets/7?limit=ten",
+            "/pets/7?limit=1&limit=2",
+            "/pets/7?limit=1&tags=a&tags=b&tags=c",
+            "/pets/7?limit=1&debug=yes",
+        ] {
+            let (status, body) = rejection(p.on_request(&mut get(uri, "7")));
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert!(body.starts_with("query: property "), "{uri}: {body}");
+        }
+    }
+
+    #[test]
+    fn parameter_schemas_must_describe_an_object() {
+        let err = try_build(json!({"query_schema": {"type": "string"}}))
+            .err()
+            .unwrap();
+        assert_eq!(err.field, "request-validation.query_schema.type");
+        let err = try_build(json!({"path_schema": {"properties": {"a": {"$ref": "https://x/y"}}}}))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.field,
+            "request-validation.path_schema.properties.a.$ref"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::pool::{self, ConnectError, PooledBody, Reuse};
 /// What the log needs to know about the upstream side.
 #[derive(Debug, Default, Clone)]
 pub struct UpstreamOutcome {
-    pub addr: Option<String>,
+    pub addr: Option<std::sync::Arc<str>>,
     pub attempts: u32,
     pub latency: Option<Duration>,
 }
@@ -48,6 +48,7 @@ pub async fn forward(
         max_requests: upstream.keepalive.requests.max(1),
     };
     let started = Instant::now();
+    // Nodes that failed this request; empty (unallocated) until one does.
     let mut tried: Vec<usize> = Vec::new();
     let mut body = Some(body);
     loop {
@@ -57,7 +58,6 @@ pub async fn forward(
                 "no upstream node available",
             ));
         };
-        tried.push(node_index);
         let node = &upstream.nodes[node_index];
         outcome.attempts += 1;
         outcome.addr = Some(node.authority.clone());
@@ -79,6 +79,7 @@ pub async fn forward(
             }
             Err(e) => e,
         };
+        tried.push(node_index);
         note_failure(
             upstream,
             node_index,
@@ -176,11 +177,11 @@ async fn attempt(
             }
             PassHost::Node => {
                 let host = if node.port == 80 {
-                    node.host.clone()
+                    &*node.host
                 } else {
-                    node.authority.clone()
+                    &*node.authority
                 };
-                if let Ok(v) = HeaderValue::from_str(&host) {
+                if let Ok(v) = HeaderValue::from_str(host) {
                     headers.insert(header::HOST, v);
                 }
             }

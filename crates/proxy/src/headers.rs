@@ -17,26 +17,54 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// Remove hop-by-hop headers: the fixed list and every header the
 /// `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+    // One look over the names finds which of the fixed list are present
+    // (usually none on a request, `connection` on a response), so only
+    // those are removed.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
+    // `Connection: keep-alive` / `close` name no header; anything else it
+    // lists is hop-by-hop too.
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present[0] {
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("close")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
 
 pub struct Forwarded<'a> {
-    pub client_ip: std::net::IpAddr,
+    /// The client address as header text (the connection formats its
+    /// peer's once, not per request).
+    pub client_ip: &'a HeaderValue,
     pub scheme: &'a str,
-    pub host: Option<&'a str>,
-    pub server_port: u16,
+    /// The host the client asked for, without a port.
+    pub host: Option<HeaderValue>,
+    /// The local port as header text.
+    pub server_port: &'a HeaderValue,
     /// Whether the peer may set X-Forwarded-* itself (trusted_addresses).
     pub trust_inbound: bool,
 }
@@ -44,17 +72,20 @@ pub struct Forwarded<'a> {
 /// X-Real-IP, X-Forwarded-For (appended), -Proto, -Host, -Port, as
 /// APISIX's nginx template sets them.
 pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let ip = f.client_ip.to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+    let xff = match headers.get("x-forwarded-for").map(|v| v.as_bytes()) {
+        Some(prev) if !prev.is_empty() => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + f.client_ip.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(f.client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        _ => Some(f.client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(HeaderName::from_static("x-real-ip"), v);
-    }
+    headers.insert(HeaderName::from_static("x-real-ip"), f.client_ip.clone());
     let keep = |headers: &HeaderMap, name: &str| f.trust_inbound && headers.contains_key(name);
     if !keep(headers, "x-forwarded-proto") {
         headers.insert(
@@ -63,14 +94,14 @@ pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         );
     }
     if !keep(headers, "x-forwarded-host") {
-        if let Some(v) = f.host.and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), v);
+        if let Some(v) = &f.host {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), v.clone());
         }
     }
     if !keep(headers, "x-forwarded-port") {
         headers.insert(
             HeaderName::from_static("x-forwarded-port"),
-            HeaderValue::from(f.server_port),
+            f.server_port.clone(),
         );
     }
 }
@@ -103,10 +134,10 @@ mod tests {
         set_forwarded(
             &mut h,
             &Forwarded {
-                client_ip: "10.0.0.1".parse().unwrap(),
+                client_ip: &HeaderValue::from_static("10.0.0.1"),
                 scheme: "http",
-                host: Some("api.example.com"),
-                server_port: 9080,
+                host: Some(HeaderValue::from_static("api.example.com")),
+                server_port: &HeaderValue::from_static("9080"),
                 trust_inbound: false,
             },
         );

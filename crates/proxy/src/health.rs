@@ -74,7 +74,7 @@ async fn check_upstream(up: Arc<Upstream>) {
         for (i, node) in up.nodes.iter().enumerate() {
             let target = match active.port {
                 Some(port) => format!("{}:{port}", node.host),
-                None => node.authority.clone(),
+                None => node.authority.to_string(),
             };
             let probe = probe(&target, &active, timeout).await;
             let run = &mut runs[i];

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,9 @@ struct Idle {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<String, Vec<Idle>>> = RefCell::new(HashMap::new());
+    // FxHash: keys are the gateway's own upstream addresses, not client input.
+    static IDLE: RefCell<HashMap<Arc<str>, Vec<Idle>, rustc_hash::FxBuildHasher>> =
+        RefCell::new(HashMap::default());
 }
 
 /// How a pooled connection may be reused (APISIX's `keepalive_pool`).
@@ -37,7 +40,7 @@ pub struct Reuse {
 
 pub struct Conn {
     pub sender: SendRequest<ReqBody>,
-    key: String,
+    key: Arc<str>,
     uses: u64,
     reuse: Reuse,
 }
@@ -53,7 +56,7 @@ pub enum ConnectError {
 /// Where to connect: a `host:port`, and for https upstreams the name to
 /// send as SNI and verify, with the TLS settings.
 pub struct Target<'a> {
-    pub authority: &'a str,
+    pub authority: &'a Arc<str>,
     pub tls: Option<(
         rustls::pki_types::ServerName<'static>,
         std::sync::Arc<rustls::ClientConfig>,
@@ -63,10 +66,10 @@ pub struct Target<'a> {
 impl Target<'_> {
     /// Plain and TLS connections to one address are pooled apart, and TLS
     /// ones by the name they were verified for.
-    fn pool_key(&self) -> String {
+    fn pool_key(&self) -> Arc<str> {
         match &self.tls {
-            None => self.authority.to_string(),
-            Some((name, _)) => format!("https://{}@{}", name.to_str(), self.authority),
+            None => self.authority.clone(),
+            Some((name, _)) => format!("https://{}@{}", name.to_str(), self.authority).into(),
         }
     }
 }
@@ -78,15 +81,14 @@ pub async fn checkout(
     reuse: Reuse,
 ) -> Result<Conn, ConnectError> {
     let key = target.pool_key();
-    let authority = key.as_str();
     // An idle connection may still be finishing its previous response on
     // the connection task; `ready()` waits for that (a few microseconds) or
     // reports that the upstream closed it.
-    while let Some(mut idle) = take_idle(authority, reuse.idle_timeout) {
+    while let Some(mut idle) = take_idle(&key, reuse.idle_timeout) {
         if idle.sender.ready().await.is_ok() {
             return Ok(Conn {
                 sender: idle.sender,
-                key: authority.to_string(),
+                key,
                 uses: idle.uses,
                 reuse,
             });
@@ -94,7 +96,7 @@ pub async fn checkout(
     }
     let stream = tokio::time::timeout(
         connect_timeout,
-        tokio::net::TcpStream::connect(target.authority),
+        tokio::net::TcpStream::connect(&**target.authority),
     )
     .await
     .map_err(|_| ConnectError::Timeout)?
@@ -130,7 +132,7 @@ pub async fn checkout(
     };
     Ok(Conn {
         sender,
-        key: authority.to_string(),
+        key,
         uses: 0,
         reuse,
     })

@@ -233,12 +233,14 @@ async fn serve_connection(
         },
     };
     let svc_dp = dp.clone();
+    let client = Arc::new(Client::new(peer, scheme, local_port));
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let dp = svc_dp.clone();
+        let client = client.clone();
         if let Some(cert) = &peer_cert {
             req.extensions_mut().insert(cert.clone());
         }
-        async move { Ok::<_, Infallible>(handle(&dp, req, peer, scheme, local_port).await) }
+        async move { Ok::<_, Infallible>(handle(&dp, req, &client).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -266,6 +268,35 @@ async fn serve_connection(
     }
 }
 
+/// The client side of one connection: what every request on it shares,
+/// with the forwarding header values formatted once per connection rather
+/// than once per request.
+struct Client {
+    peer: SocketAddr,
+    scheme: &'static str,
+    local_port: u16,
+    /// The peer's address as header text (X-Real-IP, X-Forwarded-For).
+    peer_ip: HeaderValue,
+    /// The local port as header text (X-Forwarded-Port).
+    local_port_value: HeaderValue,
+}
+
+impl Client {
+    fn new(peer: SocketAddr, scheme: &'static str, local_port: u16) -> Client {
+        Client {
+            peer,
+            scheme,
+            local_port,
+            peer_ip: ip_header_value(peer.ip()),
+            local_port_value: HeaderValue::from(local_port),
+        }
+    }
+}
+
+fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is valid header text")
+}
+
 fn not_found() -> Rejection {
     Rejection::error_msg(StatusCode::NOT_FOUND, "404 Route Not Found")
 }
@@ -290,17 +321,11 @@ struct Trace {
     span: portcullis_telemetry::trace::RequestSpan,
 }
 
-async fn handle(
-    dp: &DataPlane,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    scheme: &'static str,
-    local_port: u16,
-) -> Response<RespBody> {
+async fn handle(dp: &DataPlane, req: Request<Incoming>, client: &Client) -> Response<RespBody> {
     let started = Instant::now();
     let snapshot = dp.live.load();
     let (parts, body) = req.into_parts();
-    let mut st = RequestState::new(parts, peer, scheme, local_port);
+    let mut st = RequestState::new(parts, client.peer, client.scheme, client.local_port);
     st.consumers = snapshot.consumers.clone();
     let mut trace = Trace {
         started,
@@ -336,7 +361,7 @@ async fn handle(
             st.path_params = params;
             trace.route_id = Some(route.info.id.clone());
             trace.route_index = Some(index);
-            let resp = match run_route(dp, route, &mut st, body, &mut trace).await {
+            let resp = match run_route(dp, client, route, &mut st, body, &mut trace).await {
                 Ok(resp) => resp,
                 Err(rejection) => rejection_response(rejection),
             };
@@ -353,6 +378,7 @@ async fn handle(
 /// The phases, the body bound, then the upstream.
 async fn run_route(
     dp: &DataPlane,
+    client: &Client,
     route: &CompiledRoute,
     st: &mut RequestState,
     body: Incoming,
@@ -401,7 +427,7 @@ async fn run_route(
     let client_upgrade = websocket
         .then(|| st.head.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
-    prepare_upstream_headers(dp, st, websocket);
+    prepare_upstream_headers(dp, client, st, websocket);
     trace.span.inject(&mut st.head.headers);
     let req_body = match (st.body.take(), body) {
         (Some(buffered), _) => ReqBody::Full((!buffered.is_empty()).then_some(buffered)),
@@ -469,14 +495,32 @@ async fn buffer_body(
     }
 }
 
-fn prepare_upstream_headers(dp: &DataPlane, st: &mut RequestState, websocket: bool) {
+fn prepare_upstream_headers(
+    dp: &DataPlane,
+    client: &Client,
+    st: &mut RequestState,
+    websocket: bool,
+) {
     let trust_inbound = dp
         .settings
         .trusted_addresses
         .iter()
         .any(|n| n.contains(&st.peer_addr.ip()));
-    let host = st.host().map(str::to_string);
-    let upgrade = st.head.headers.get(header::UPGRADE).cloned();
+    // X-Forwarded-Host: the Host header as is when it has no port (a cheap
+    // shared copy), else the host part of it.
+    let host = match st.head.headers.get(header::HOST) {
+        Some(v) if !v.as_bytes().contains(&b':') => Some(v.clone()),
+        _ => st.host().and_then(|h| HeaderValue::from_str(h).ok()),
+    };
+    // real-ip may have replaced the peer with the address it vouches for.
+    let client_ip = if st.client_ip == client.peer.ip() {
+        client.peer_ip.clone()
+    } else {
+        ip_header_value(st.client_ip)
+    };
+    let upgrade = websocket
+        .then(|| st.head.headers.get(header::UPGRADE).cloned())
+        .flatten();
     let headers = &mut st.head.headers;
     strip_hop_by_hop(headers);
     // The gateway answered any 100-continue itself; nginx drops it too.
@@ -490,10 +534,10 @@ fn prepare_upstream_headers(dp: &DataPlane, st: &mut RequestState, websocket: bo
     set_forwarded(
         headers,
         &Forwarded {
-            client_ip: st.client_ip,
+            client_ip: &client_ip,
             scheme: st.scheme,
-            host: host.as_deref(),
-            server_port: st.server_port,
+            host,
+            server_port: &client.local_port_value,
             trust_inbound,
         },
     );

@@ -9,6 +9,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
 use std::sync::Arc;
 
 use portcullis_core::consumer::Consumer;
@@ -342,8 +344,10 @@ struct DecisionHandles {
 
 #[derive(Default)]
 struct Cache {
-    requests: HashMap<RequestKey, RequestHandles>,
-    decisions: HashMap<(usize, usize, usize, usize, u8), DecisionHandles>,
+    // FxHash: the keys are pointers and small integers the gateway made, not
+    // client input, and SipHash showed up in the per-request profile.
+    requests: HashMap<RequestKey, RequestHandles, FxBuildHasher>,
+    decisions: HashMap<(usize, usize, usize, usize, u8), DecisionHandles, FxBuildHasher>,
 }
 
 thread_local! {
@@ -352,7 +356,7 @@ thread_local! {
 
 fn hash_str(s: &str) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = rustc_hash::FxHasher::default();
     s.hash(&mut h);
     h.finish()
 }

@@ -626,3 +626,36 @@ fn route_conf_is_checked() {
     .is_err());
     assert!(try_plugin(json!({"store_in_ctx": true, "hide_credentials": true})).is_ok());
 }
+
+// ---- the verified-token cache --------------------------------------------------
+
+#[test]
+fn a_repeated_token_is_served_from_the_cache_until_its_credentials_change() {
+    let p = plugin(json!({"hide_credentials": true}));
+    let shared = index();
+    let t = hs(json!({"key": "user-key", "exp": now() + 60}));
+    for _ in 0..3 {
+        let mut req = bearer(&t);
+        req.consumers = shared.clone();
+        assert!(matches!(p.on_request(&mut req), Flow::Continue));
+        assert_eq!(req.consumer_name(), Some("jack"));
+        // A cache hit still hides the credential from the upstream.
+        assert_eq!(req.header_str("authorization"), None);
+    }
+    // The credential is gone from the served index: the cached token is
+    // checked again, and refused.
+    let mut rotated = ConsumerIndex::default();
+    rotated.add_consumer(consumer("jack"));
+    let mut req = bearer(&t);
+    req.consumers = Arc::new(rotated);
+    assert_401(p.on_request(&mut req), "Invalid user key in JWT token");
+    // A token that fails is never cached: a tampered copy stays refused.
+    let at = t.rfind('.').unwrap() + 5;
+    let swap = if &t[at..=at] == "A" { "B" } else { "A" };
+    let forged = format!("{}{swap}{}", &t[..at], &t[at + 1..]);
+    for _ in 0..2 {
+        let mut req = bearer(&forged);
+        req.consumers = shared.clone();
+        assert!(matches!(p.on_request(&mut req), Flow::Respond(_)));
+    }
+}
