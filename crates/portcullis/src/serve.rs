@@ -154,6 +154,8 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
     for h in handles {
         let _ = h.join();
     }
+    // Spans of the last requests are still queued for the collector.
+    portcullis_telemetry::trace::flush(std::time::Duration::from_secs(5));
     tracing::info!("stopped");
     Ok(())
 }
