@@ -10,17 +10,23 @@
 //! did, this node catches up and validates again. The answer is sent once
 //! this node serves the write (its watch has applied that revision), so a
 //! client reading back from the same node sees it.
+//!
+//! A write that touches the top risk tier is held in etcd for a second
+//! admin instead (`approvals`). Every write is recorded in the change
+//! history in etcd, in the same transaction (`GET /portcullis/v1/changes`
+//! answers from there on every node).
 
 use bytes::Bytes;
 use portcullis_config::{Kind, RawResource};
-use portcullis_etcd::{EtcdError, EtcdStore};
-use portcullis_store::secrets;
+use portcullis_etcd::{ChangeQuery, EtcdError, EtcdStore};
+use portcullis_store::{secrets, ChangeFilter};
 use serde_json::{json, Value};
 
 use super::{
     forbid_timestamps, label, origin, parse_body, parse_object, prepare, resolve_id, ttl, Entry,
     Target,
 };
+use crate::approvals::{author, hold_in_etcd};
 use crate::{patch, references, Admin, Ctx, Reply};
 
 /// How often a write is tried again when another node wrote first.
@@ -218,7 +224,8 @@ async fn commit(
 ) -> Result<Reply, Reply> {
     super::seal(kind, &mut value);
     for _ in 0..ATTEMPTS {
-        let (mut candidate, guard) = view(etcd)?;
+        let (before, guard) = view(etcd)?;
+        let mut candidate = before.clone();
         candidate.upsert(
             kind,
             RawResource {
@@ -227,8 +234,26 @@ async fn commit(
                 origin: origin(kind, id),
             },
         );
-        prepare(&admin.live, candidate, kind, id)?;
-        match etcd.put(kind, id, value.clone(), ttl, Some(guard)).await {
+        let snapshot = prepare(&admin.live, candidate, kind, id)?;
+        if let Some(held) = hold_in_etcd(
+            etcd,
+            ctx,
+            kind,
+            id,
+            Some(&value),
+            ttl,
+            &before,
+            &snapshot.raw,
+        )
+        .await
+        {
+            return held;
+        }
+        let by = author(ctx, ctx.method.as_str());
+        match etcd
+            .put(kind, id, value.clone(), ttl, Some(guard), Some(&by))
+            .await
+        {
             Ok(out) => {
                 if !etcd.wait_applied(out.modified_index as i64).await {
                     tracing::warn!(
@@ -265,7 +290,8 @@ async fn delete(admin: &Admin, etcd: &EtcdStore, ctx: &Ctx, t: &Target) -> Resul
         if etcd.get(t.kind, &id).is_none() {
             return Err(Reply::not_found());
         }
-        let (mut candidate, guard) = view(etcd)?;
+        let (before, guard) = view(etcd)?;
+        let mut candidate = before.clone();
         if ctx.query.get("force").map(String::as_str) != Some("true") {
             if let Some(msg) = references::still_used(&candidate, t.kind, &id) {
                 return Err(Reply::error(400, msg));
@@ -284,8 +310,14 @@ async fn delete(admin: &Admin, etcd: &EtcdStore, ctx: &Ctx, t: &Target) -> Resul
                 candidate.remove(Kind::Credentials, &c);
             }
         }
-        prepare(&admin.live, candidate, t.kind, &id)?;
-        match etcd.delete(t.kind, &id, Some(guard)).await {
+        let snapshot = prepare(&admin.live, candidate, t.kind, &id)?;
+        if let Some(held) =
+            hold_in_etcd(etcd, ctx, t.kind, &id, None, None, &before, &snapshot.raw).await
+        {
+            return held;
+        }
+        let by = author(ctx, ctx.method.as_str());
+        match etcd.delete(t.kind, &id, Some(guard), Some(&by)).await {
             Ok(Some(revision)) => {
                 etcd.wait_applied(revision).await;
                 log_change(ctx, t.kind, &id, "delete");
@@ -302,4 +334,19 @@ async fn delete(admin: &Admin, etcd: &EtcdStore, ctx: &Ctx, t: &Target) -> Resul
         }
     }
     Err(unavailable(EtcdError::Conflict { revision: 0 }))
+}
+
+/// `GET /portcullis/v1/changes` in cluster mode: the history every node
+/// writes to etcd, in store mode's shape.
+pub(super) async fn changes(etcd: &EtcdStore, filter: &ChangeFilter) -> Reply {
+    let query = ChangeQuery {
+        resource: filter.resource.clone(),
+        since: filter.since,
+        actor: filter.actor.clone(),
+        limit: filter.limit,
+    };
+    match etcd.changes(&query).await {
+        Ok(list) => Reply::new(200, json!({"total": list.len(), "list": list})),
+        Err(e) => unavailable(e),
+    }
 }

@@ -328,7 +328,7 @@ async fn handle(admin: &Admin, peer: SocketAddr, req: http::Request<Incoming>) -
             Some(r) if r.is_empty() || r.starts_with('/') => {
                 approvals::handle(admin, &ctx, r).await
             }
-            _ => resources::extension(admin, &ctx, rest, &body),
+            _ => resources::extension(admin, &ctx, rest, &body).await,
         }
     } else {
         let rest = path.strip_prefix("/apisix/admin/").unwrap_or_default();

@@ -696,24 +696,21 @@ async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {
 }
 
 /// `/portcullis/v1/...`.
-pub(crate) fn extension(admin: &Admin, ctx: &Ctx, rest: &str, body: &Bytes) -> Reply {
+pub(crate) async fn extension(admin: &Admin, ctx: &Ctx, rest: &str, body: &Bytes) -> Reply {
     if ["audit", "quarantine"].iter().any(|p| {
         rest.strip_prefix(p)
             .is_some_and(|r| r.is_empty() || r.starts_with('/'))
     }) {
-        return crate::audit_api::handle(admin, ctx, rest, body);
+        return crate::audit_api::handle(admin, ctx, rest, body).await;
     }
     match rest.trim_end_matches('/') {
-        "changes" if ctx.method == http::Method::GET => changes(admin, ctx),
+        "changes" if ctx.method == http::Method::GET => changes(admin, ctx).await,
         "changes" => Reply::error(405, "only GET is supported here"),
         _ => Reply::error(404, "404 Route Not Found"),
     }
 }
 
-fn changes(admin: &Admin, ctx: &Ctx) -> Reply {
-    let Some(store) = admin.store() else {
-        return Reply::new(200, json!({"total": 0, "list": []}));
-    };
+async fn changes(admin: &Admin, ctx: &Ctx) -> Reply {
     let number = |name: &str| -> Result<Option<i64>, Reply> {
         match ctx.query.get(name) {
             None => Ok(None),
@@ -734,6 +731,12 @@ fn changes(admin: &Admin, ctx: &Ctx) -> Reply {
         since,
         actor: ctx.query.get("actor").cloned(),
         limit: limit.map(|l| l.clamp(1, 10_000) as usize),
+    };
+    if let Some(etcd) = &admin.etcd {
+        return etcd_mode::changes(etcd, &filter).await;
+    }
+    let Some(store) = admin.store() else {
+        return Reply::new(200, json!({"total": 0, "list": []}));
     };
     match store.changes(&filter) {
         Ok(list) => Reply::new(200, json!({"total": list.len(), "list": list})),

@@ -19,6 +19,10 @@
 //!   "content_type": "application/json"}` answers with that mocked response.
 //!
 //! Each match adds a `quarantine` decision to the request's decision record.
+//!
+//! In cluster mode the registry follows a shared store (etcd) through
+//! [`Replication`], [`Hold`] and the `apply_*` methods; the request side is
+//! the same.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -255,7 +259,11 @@ impl Entry {
     }
 
     fn live(&self, now: i64) -> bool {
-        self.spec.expires_at.is_none_or(|e| now < e)
+        Entry::live_at(&self.spec, now)
+    }
+
+    fn live_at(spec: &Spec, now: i64) -> bool {
+        spec.expires_at.is_none_or(|e| now < e)
     }
 
     /// Take a token; false when the bucket is empty.
@@ -289,6 +297,18 @@ pub struct Quarantines {
     active: ArcSwap<Active>,
     /// The source of truth for rebuilding `active`, by id.
     specs: Mutex<BTreeMap<String, Arc<Entry>>>,
+    /// Cluster mode: where quarantines made on this node are published.
+    replication: OnceLock<Arc<dyn Replication>>,
+    /// Ids a local operation holds (see [`Quarantines::hold`]): how many
+    /// holds, and the shared store's latest word on the id meanwhile.
+    holds: Mutex<HashMap<String, Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    count: usize,
+    /// `Some(Some(spec))`: stored; `Some(None)`: deleted; `None`: no word.
+    deferred: Option<Option<Spec>>,
 }
 
 /// The process's quarantines.
@@ -297,7 +317,59 @@ pub fn registry() -> &'static Quarantines {
     Q.get_or_init(|| Quarantines {
         active: ArcSwap::from_pointee(Active::default()),
         specs: Mutex::new(BTreeMap::new()),
+        replication: OnceLock::new(),
+        holds: Mutex::new(HashMap::new()),
     })
+}
+
+/// Cluster mode (`config_source: etcd`): quarantines live in a store every
+/// node shares and watches, and each node's registry follows it through
+/// [`Quarantines::apply_put`], [`Quarantines::apply_delete`] and
+/// [`Quarantines::apply_all`]. A quarantine made on this node other than
+/// through the Admin API (the anomaly detector's) is handed to
+/// `publish` by [`Quarantines::insert`], with a hold on its id that the
+/// publisher keeps until the store has it.
+pub trait Replication: Send + Sync {
+    fn publish(&self, spec: Spec, hold: Hold);
+    fn withdraw(&self, spec: Spec, hold: Hold);
+}
+
+/// A local operation on one quarantine id (an Admin API create or lift in
+/// cluster mode, a publication). While it is held, what the shared store
+/// says about the id is kept aside rather than applied, so the operation's
+/// own steps (store, audit, registry) cannot interleave with the echo of
+/// them; when the last hold drops, the store's latest word is applied.
+/// Inserts and removals made under a hold are not published.
+pub struct Hold {
+    registry: &'static Quarantines,
+    id: String,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let deferred = {
+            let mut holds = self
+                .registry
+                .holds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let Some(h) = holds.get_mut(&self.id) else {
+                return;
+            };
+            h.count = h.count.saturating_sub(1);
+            if h.count > 0 {
+                return;
+            }
+            holds.remove(&self.id).and_then(|h| h.deferred)
+        };
+        match deferred {
+            Some(Some(spec)) => self.registry.set_if_changed(spec),
+            Some(None) => {
+                self.registry.drop_spec(&self.id);
+            }
+            None => {}
+        }
+    }
 }
 
 /// Set on the request by a `redirect` to an upstream: the proxy sends the
@@ -330,19 +402,144 @@ impl Quarantines {
         self.active.store(Arc::new(a));
     }
 
-    /// Make `spec` active now.
-    pub fn insert(&self, spec: Spec) {
-        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
-        specs.insert(spec.id.clone(), Entry::new(spec));
-        self.rebuild(&specs);
+    /// Make `spec` active now. In cluster mode, unless its id is held, it
+    /// is published to the other nodes too.
+    pub fn insert(&'static self, spec: Spec) {
+        let publish = self.unheld_replication(&spec.id);
+        {
+            let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+            specs.insert(spec.id.clone(), Entry::new(spec.clone()));
+            self.rebuild(&specs);
+        }
+        if let Some((r, hold)) = publish {
+            r.publish(spec, hold);
+        }
     }
 
-    /// Lift one; returns it when it was active.
-    pub fn remove(&self, id: &str) -> Option<Spec> {
+    /// Lift one; returns it when it was active. In cluster mode, unless its
+    /// id is held, the other nodes are told too.
+    pub fn remove(&'static self, id: &str) -> Option<Spec> {
+        let withdraw = self.unheld_replication(id);
+        let gone = self.drop_spec(id)?;
+        if let Some((r, hold)) = withdraw {
+            r.withdraw(gone.clone(), hold);
+        }
+        Some(gone)
+    }
+
+    fn drop_spec(&self, id: &str) -> Option<Spec> {
         let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
         let gone = specs.remove(id)?;
         self.rebuild(&specs);
         Some(gone.spec.clone())
+    }
+
+    /// Insert unless the same quarantine is already active (a limit's
+    /// bucket is kept) or it has expired.
+    fn set_if_changed(&self, spec: Spec) {
+        if !Entry::live_at(&spec, time::now_ms()) {
+            return;
+        }
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        if specs.get(&spec.id).is_some_and(|e| e.spec == spec) {
+            return;
+        }
+        specs.insert(spec.id.clone(), Entry::new(spec));
+        self.rebuild(&specs);
+    }
+
+    /// The replication and a hold on `id`, when there is a replication and
+    /// nobody holds `id` yet.
+    fn unheld_replication(&'static self, id: &str) -> Option<(Arc<dyn Replication>, Hold)> {
+        let r = self.replication.get()?.clone();
+        if self
+            .holds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+        {
+            return None;
+        }
+        Some((r, self.hold(id)))
+    }
+
+    /// Cluster mode: publish what this node makes through `r` from now on.
+    /// Set once; later calls are ignored.
+    pub fn set_replication(&self, r: Arc<dyn Replication>) {
+        let _ = self.replication.set(r);
+    }
+
+    /// Hold `id` for a local operation (see [`Hold`]).
+    pub fn hold(&'static self, id: &str) -> Hold {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        holds.entry(id.to_string()).or_default().count += 1;
+        Hold {
+            registry: self,
+            id: id.to_string(),
+        }
+    }
+
+    /// `true` when `id` is held: the word is kept for the hold's end.
+    fn defer(&self, id: &str, word: Option<Spec>) -> bool {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        match holds.get_mut(id) {
+            Some(h) => {
+                h.deferred = Some(word);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The shared store holds `spec` (cluster mode): make it active here,
+    /// unless it already is or has expired. Not published back.
+    pub fn apply_put(&self, spec: Spec) {
+        if !self.defer(&spec.id, Some(spec.clone())) {
+            self.set_if_changed(spec);
+        }
+    }
+
+    /// The shared store no longer holds `id` (cluster mode): lift it here.
+    /// Not published back.
+    pub fn apply_delete(&self, id: &str) {
+        if !self.defer(id, None) {
+            self.drop_spec(id);
+        }
+    }
+
+    /// The shared store holds exactly `all` (cluster mode, a full load):
+    /// make this node's set the same. Held ids keep the word for later.
+    pub fn apply_all(&self, all: Vec<Spec>) {
+        let now = time::now_ms();
+        let mut incoming: BTreeMap<String, Spec> = BTreeMap::new();
+        for spec in all {
+            if !self.defer(&spec.id, Some(spec.clone())) {
+                incoming.insert(spec.id.clone(), spec);
+            }
+        }
+        let mut specs = self.specs.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = specs
+            .keys()
+            .filter(|id| !incoming.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for id in gone {
+            if !self.defer(&id, None) {
+                specs.remove(&id);
+                changed = true;
+            }
+        }
+        for (id, spec) in incoming {
+            let same = specs.get(&id).is_some_and(|e| e.spec == spec);
+            if !same && Entry::live_at(&spec, now) {
+                specs.insert(id, Entry::new(spec));
+                changed = true;
+            }
+        }
+        if changed {
+            self.rebuild(&specs);
+        }
     }
 
     /// Remove and return every quarantine whose expiry has passed.

@@ -17,11 +17,19 @@
 //!   `{prefix}/gen_id`. Each portcullis write is a transaction guarded by
 //!   `gen_id`'s revision, so two nodes never both validate against a view
 //!   the other has just changed.
+//! - What the Admin API adds beyond APISIX lives under
+//!   `{prefix}/portcullis/` (`keys`): quarantines, which every node's watch
+//!   applies to its registry (`containment`); changes held for a second
+//!   admin (`approvals`); and the change history (`history`), written in
+//!   the same transaction as the change it records.
 //!
 //! [`Live`]: portcullis_config::Live
 //! [`Live::apply`]: portcullis_config::Live::apply
 
+pub mod approvals;
 pub mod cache;
+pub mod containment;
+pub mod history;
 pub mod keys;
 mod mirror;
 mod sync;
@@ -39,6 +47,7 @@ use portcullis_config::settings::EtcdSettings;
 use portcullis_config::{Kind, RawConfig};
 use serde_json::Value;
 
+pub use history::{Author, Change, ChangeQuery};
 pub use mirror::Entry;
 pub use sync::Started;
 
@@ -47,6 +56,10 @@ const MAX_MESSAGE: usize = 512 * 1024 * 1024;
 
 /// Puts per transaction when importing (etcd's default limit is 128).
 const IMPORT_BATCH: usize = 100;
+
+/// Deleting a consumer records its credentials' deletions one by one, up
+/// to this many (a transaction holds at most 128 operations).
+const MAX_RECORDED_CREDENTIALS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -300,25 +313,14 @@ impl EtcdStore {
         Ok(format!("{rev:020}"))
     }
 
-    /// Create or replace one resource. `create_time` is kept from the
-    /// resource it replaces, `update_time` set to now (not for
-    /// plugin_metadata, as in APISIX). `ttl_secs` attaches it to a lease.
-    /// `guard`: see [`EtcdStore::guard`]; `None` writes unconditionally.
-    pub async fn put(
-        &self,
-        kind: Kind,
-        id: &str,
-        mut value: Value,
-        ttl_secs: Option<f64>,
-        guard: Option<i64>,
-    ) -> Result<PutOutcome, EtcdError> {
-        let client = self.client().await?;
-        let key = keys::key_of(&self.prefix, kind, id);
+    /// `value` as stored: `create_time` kept from the resource it
+    /// replaces, `update_time` now (neither for plugin_metadata, as in
+    /// APISIX).
+    pub(crate) fn stamped(&self, kind: Kind, id: &str, mut value: Value) -> Value {
         if kind != Kind::PluginMetadata {
             let now = unix_secs();
-            let previous = self.get(kind, id);
-            let create_time = previous
-                .as_ref()
+            let create_time = self
+                .get(kind, id)
                 .and_then(|p| p.value.get("create_time").and_then(Value::as_i64))
                 .unwrap_or(now);
             if let Value::Object(obj) = &mut value {
@@ -326,16 +328,93 @@ impl EtcdStore {
                 obj.insert("update_time".into(), now.into());
             }
         }
+        value
+    }
+
+    /// A lease of `ttl_secs` (rounded up, at least 1 s).
+    pub(crate) async fn lease(&self, client: &Client, ttl_secs: f64) -> Result<i64, EtcdError> {
+        let mut lease = client.lease_client();
+        let granted = self
+            .call(lease.grant(ttl_secs.ceil().max(1.0) as i64, None))
+            .await?;
+        Ok(granted.id())
+    }
+
+    /// The ops that delete one resource (a consumer with its credentials),
+    /// and the history records of what they delete, as this node sees it.
+    pub(crate) fn delete_ops(
+        &self,
+        kind: Kind,
+        id: &str,
+        author: Option<&Author<'_>>,
+    ) -> (Vec<TxnOp>, Vec<history::Record>) {
+        let mut ops = vec![TxnOp::delete(
+            keys::key_of(&self.prefix, kind, id),
+            Some(DeleteOptions::new().with_prev_key()),
+        )];
+        let mut records = Vec::new();
+        if let Some(a) = author {
+            records.push(a.record(
+                kind.as_str(),
+                id,
+                self.get(kind, id).map(|e| Value::clone(&e.value)),
+                None,
+            ));
+        }
+        if kind == Kind::Consumers {
+            ops.push(TxnOp::delete(
+                keys::credentials_prefix(&self.prefix, id),
+                Some(DeleteOptions::new().with_prefix()),
+            ));
+            if let Some(a) = author {
+                let own = format!("{id}/");
+                records.extend(
+                    self.list(Kind::Credentials)
+                        .into_iter()
+                        .filter(|c| c.id.starts_with(&own))
+                        .take(MAX_RECORDED_CREDENTIALS)
+                        .map(|c| {
+                            a.record(
+                                Kind::Credentials.as_str(),
+                                &c.id,
+                                Some(Value::clone(&c.value)),
+                                None,
+                            )
+                        }),
+                );
+            }
+        }
+        (ops, records)
+    }
+
+    /// Create or replace one resource, stamped as [`EtcdStore::stamped`]
+    /// says. `ttl_secs` attaches it to a lease. `guard`: the `gen_id`
+    /// revision of the view the write was checked against (see
+    /// [`EtcdStore::view`]); `None` writes unconditionally. `author`: record
+    /// the change in the history, in the same transaction.
+    pub async fn put(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: Value,
+        ttl_secs: Option<f64>,
+        guard: Option<i64>,
+        author: Option<&Author<'_>>,
+    ) -> Result<PutOutcome, EtcdError> {
+        let client = self.client().await?;
+        let key = keys::key_of(&self.prefix, kind, id);
+        let value = self.stamped(kind, id, value);
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
         let mut opts = PutOptions::new().with_prev_key();
         if let Some(ttl) = ttl_secs {
-            let mut lease = client.lease_client();
-            let granted = self
-                .call(lease.grant(ttl.ceil().max(1.0) as i64, None))
-                .await?;
-            opts = opts.with_lease(granted.id());
+            opts = opts.with_lease(self.lease(&client, ttl).await?);
         }
         let mut ops = vec![TxnOp::put(key, bytes, Some(opts))];
+        if let Some(a) = author {
+            let before = self.get(kind, id).map(|e| Value::clone(&e.value));
+            let record = a.record(kind.as_str(), id, before, Some(value.clone()));
+            ops.extend(self.history_ops(vec![record]));
+        }
         let resp = self.guarded_txn(&client, &mut ops, guard).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let prev_create = resp
@@ -346,6 +425,9 @@ impl EtcdStore {
                 TxnOpResponse::Put(p) => p.prev_key().map(|kv| kv.create_revision()),
                 _ => None,
             });
+        if author.is_some() {
+            self.trim_history(revision).await;
+        }
         Ok(PutOutcome {
             created: prev_create.is_none(),
             created_index: prev_create.unwrap_or(revision) as u64,
@@ -356,34 +438,39 @@ impl EtcdStore {
 
     /// Delete one resource; deleting a consumer deletes its credentials in
     /// the same transaction. The revision of the delete, or `None` when
-    /// there was nothing to delete.
+    /// there was nothing to delete. `author`: as for [`EtcdStore::put`].
     pub async fn delete(
         &self,
         kind: Kind,
         id: &str,
         guard: Option<i64>,
+        author: Option<&Author<'_>>,
     ) -> Result<Option<i64>, EtcdError> {
         let client = self.client().await?;
-        let mut ops = vec![TxnOp::delete(
-            keys::key_of(&self.prefix, kind, id),
-            Some(DeleteOptions::new().with_prev_key()),
-        )];
-        if kind == Kind::Consumers {
-            ops.push(TxnOp::delete(
-                keys::credentials_prefix(&self.prefix, id),
-                Some(DeleteOptions::new().with_prefix()),
+        let (mut ops, records) = self.delete_ops(kind, id, author);
+        if !records.is_empty() {
+            // Recorded only if the delete finds the resource.
+            let key = keys::key_of(&self.prefix, kind, id);
+            let history = self.history_ops(records);
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(key, CompareOp::Greater, 0)])
+                    .and_then(history),
             ));
+            ops.rotate_right(1);
         }
         let resp = self.guarded_txn(&client, &mut ops, guard).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let deleted = resp
-            .op_responses()
-            .into_iter()
-            .next()
-            .is_some_and(|r| match r {
-                TxnOpResponse::Delete(d) => d.deleted() > 0,
-                _ => false,
-            });
+        let deleted = resp.op_responses().into_iter().any(|r| match r {
+            TxnOpResponse::Delete(d) => d
+                .prev_kvs()
+                .first()
+                .is_some_and(|kv| kv.key() == keys::key_of(&self.prefix, kind, id).as_bytes()),
+            _ => false,
+        });
+        if deleted && author.is_some() {
+            self.trim_history(revision).await;
+        }
         Ok(deleted.then_some(revision))
     }
 
@@ -479,10 +566,14 @@ impl EtcdStore {
     }
 }
 
-fn unix_secs() -> i64 {
+pub(crate) fn unix_secs() -> i64 {
+    unix_millis() / 1000
+}
+
+pub(crate) fn unix_millis() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 

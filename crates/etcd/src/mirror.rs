@@ -1,6 +1,6 @@
 //! What this node knows of etcd: every resource under the prefix, with its
-//! revisions, as of one etcd revision. The sync loop is its only writer; the
-//! Admin API reads it.
+//! revisions, and the active quarantines, as of one etcd revision. The sync
+//! loop is its only writer; the Admin API reads it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +36,15 @@ pub(crate) struct Mirror {
     /// `mod_revision` of `{prefix}/gen_id`, which every portcullis write
     /// bumps: a write is made only if nobody else wrote in between.
     pub guard: i64,
+    /// Quarantines by id (`{prefix}/portcullis/quarantines/{id}`), as stored.
+    pub quarantines: BTreeMap<String, Stored>,
+}
+
+/// A value of portcullis's own that a node follows (a quarantine).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub value: Value,
+    pub mod_revision: i64,
 }
 
 impl Mirror {
@@ -120,7 +129,41 @@ impl Mirror {
         Ok(raw)
     }
 
+    /// Note a put of a quarantine key; the stored value when it changed
+    /// (`None`: unchanged, or not JSON, which is logged and ignored).
+    pub fn put_quarantine(&mut self, id: &str, value: &[u8], modified: i64) -> Option<Value> {
+        if self
+            .quarantines
+            .get(id)
+            .is_some_and(|q| q.mod_revision == modified)
+        {
+            return None;
+        }
+        match serde_json::from_slice::<Value>(value) {
+            Ok(v) => {
+                self.quarantines.insert(
+                    id.to_string(),
+                    Stored {
+                        value: v.clone(),
+                        mod_revision: modified,
+                    },
+                );
+                Some(v)
+            }
+            Err(e) => {
+                tracing::warn!(id, error = %e, "a quarantine in etcd is not JSON; ignored");
+                None
+            }
+        }
+    }
+
     pub fn to_cache(&self, prefix: &str, contact_at_ms: u64) -> CachedConfig {
+        let quarantines = self.quarantines.iter().map(|(id, q)| CachedEntry {
+            key: keys::quarantine_key(prefix, id),
+            value: q.value.clone(),
+            create_revision: q.mod_revision,
+            mod_revision: q.mod_revision,
+        });
         CachedConfig {
             format: 1,
             prefix: prefix.to_string(),
@@ -135,6 +178,7 @@ impl Mirror {
                     create_revision: e.create_revision,
                     mod_revision: e.mod_revision,
                 })
+                .chain(quarantines)
                 .collect(),
         }
     }
@@ -145,6 +189,16 @@ impl Mirror {
             ..Mirror::default()
         };
         for e in cached.entries {
+            if let Some(id) = keys::parse_quarantine_key(prefix, &e.key) {
+                m.quarantines.insert(
+                    id.to_string(),
+                    Stored {
+                        value: e.value,
+                        mod_revision: e.mod_revision,
+                    },
+                );
+                continue;
+            }
             if let Some((kind, id)) = keys::parse_key(prefix, &e.key) {
                 m.entries.insert(
                     e.key,
@@ -187,5 +241,18 @@ mod tests {
         assert_eq!(m.raw().unwrap_err().len(), 1);
         assert!(m.delete("/apisix", "/apisix/routes/2"));
         assert!(m.raw().is_ok());
+    }
+
+    #[test]
+    fn quarantines_are_kept_beside_the_config_and_cached_with_it() {
+        let mut m = Mirror::default();
+        assert!(m.put("/apisix", "/apisix/routes/1", br#"{"uri":"/a"}"#, 2, 2));
+        assert!(m.put_quarantine("q-1", br#"{"id":"q-1"}"#, 3).is_some());
+        assert!(m.put_quarantine("q-1", br#"{"id":"q-1"}"#, 3).is_none());
+        assert!(m.put_quarantine("q-2", b"not json", 4).is_none());
+        assert_eq!(m.raw().unwrap().len(), 1);
+        let back = Mirror::from_cache("/apisix", m.to_cache("/apisix", 0));
+        assert_eq!(back.entries.len(), 1);
+        assert_eq!(back.quarantines["q-1"].value["id"], "q-1");
     }
 }

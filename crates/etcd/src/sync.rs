@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use portcullis_config::Live;
 
-use crate::{cache, keys, mirror::Mirror, EtcdError, EtcdStore, MAX_MESSAGE};
+use crate::{cache, containment, keys, mirror::Mirror, EtcdError, EtcdStore, MAX_MESSAGE};
 
 /// How a node came up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,25 +41,39 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl EtcdStore {
-    /// Replace what this node knows with everything under the prefix, read
-    /// in one range get. Returns the revision.
+    /// Replace what this node knows with everything under the prefix but
+    /// the change history and the approvals (which are read when asked
+    /// for), at one revision. Returns the revision.
     pub(crate) async fn full_load(&self) -> Result<i64, EtcdError> {
         let client = self.client().await?;
         let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let all = keys::range_prefix(&self.prefix);
+        let own = keys::own_prefix(&self.prefix);
+        // Resources sort before and after `portcullis/`.
         let resp = self
-            .call(kv.get(
-                keys::range_prefix(&self.prefix),
-                Some(GetOptions::new().with_prefix()),
-            ))
+            .call(kv.get(all.clone(), Some(GetOptions::new().with_range(own.clone()))))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let at = |opts: GetOptions| Some(opts.with_revision(revision));
+        let after = self
+            .call(kv.get(
+                keys::prefix_end(&own),
+                at(GetOptions::new().with_range(keys::prefix_end(&all))),
+            ))
+            .await?;
+        let quarantines = self
+            .call(kv.get(
+                keys::quarantines_prefix(&self.prefix),
+                at(GetOptions::new().with_prefix()),
+            ))
+            .await?;
         let mut fresh = Mirror {
             revision,
             ..Mirror::default()
         };
         {
             let old = self.mirror();
-            for kv in resp.kvs() {
+            for kv in resp.kvs().iter().chain(after.kvs()) {
                 let Ok(key) = kv.key_str() else { continue };
                 // Unchanged values keep their shared JSON, so the snapshot
                 // build recognises them without hashing them again.
@@ -79,6 +93,12 @@ impl EtcdStore {
                 }
             }
         }
+        for kv in quarantines.kvs() {
+            let Ok(key) = kv.key_str() else { continue };
+            if let Some(id) = keys::parse_quarantine_key(&self.prefix, key) {
+                fresh.put_quarantine(id, kv.value(), kv.mod_revision());
+            }
+        }
         *self.mirror() = fresh;
         Ok(revision)
     }
@@ -88,6 +108,7 @@ impl EtcdStore {
     /// [`EtcdStore::run`].
     pub async fn start(self: &Arc<Self>, live: &Arc<Live>) -> Started {
         live.set_max_staleness(self.max_staleness);
+        containment::install(self);
         let bound = self.timeout.min(Duration::from_secs(5));
         let loaded = match tokio::time::timeout(bound, self.full_load()).await {
             Ok(r) => r,
@@ -97,6 +118,7 @@ impl EtcdStore {
             Ok(revision) => {
                 live.record_source_contact(SystemTime::now());
                 let resources = self.mirror().entries.len();
+                self.apply_all_quarantines();
                 self.clone().apply(live.clone(), revision, true).await;
                 tracing::info!(revision, resources, prefix = %self.prefix, "config loaded from etcd");
                 Started::Etcd {
@@ -115,6 +137,7 @@ impl EtcdStore {
                         let revision = c.revision;
                         *self.mirror() = Mirror::from_cache(&self.prefix, c);
                         let resources = self.mirror().entries.len();
+                        self.apply_all_quarantines();
                         self.clone().apply(live.clone(), revision, false).await;
                         tracing::warn!(
                             error = %e,
@@ -163,6 +186,7 @@ impl EtcdStore {
                         }
                         need_full = false;
                         backoff = BACKOFF_MIN;
+                        self.apply_all_quarantines();
                         self.clone().apply(live.clone(), revision, true).await;
                         tracing::info!(revision, "config reloaded from etcd");
                     }
@@ -259,7 +283,7 @@ impl EtcdStore {
                     if let Some(t) = down_since.take() {
                         tracing::info!(after = ?t.elapsed(), "etcd answers again; catching up");
                     }
-                    let mut changed = self.note_events(&resp);
+                    let (mut changed, mut contained) = self.note_events(&resp);
                     let mut revision = header_rev;
                     if changed {
                         // Coalesce a burst: take what follows closely.
@@ -272,7 +296,9 @@ impl EtcdStore {
                                         // message decides.
                                         break;
                                     }
-                                    changed |= self.note_events(&more);
+                                    let (c, q) = self.note_events(&more);
+                                    changed |= c;
+                                    contained |= q;
                                     revision = revision.max(more.header().map(|h| h.revision()).unwrap_or_default());
                                 }
                                 Ok(Ok(None)) | Ok(Err(_)) => break,
@@ -288,6 +314,11 @@ impl EtcdStore {
                     if changed {
                         self.clone().apply(live.clone(), revision, true).await;
                     } else {
+                        if contained {
+                            // Keep the quarantines for a start without etcd.
+                            let me = self.clone();
+                            let _ = tokio::task::spawn_blocking(move || me.persist()).await;
+                        }
                         self.publish_applied(revision);
                     }
                 }
@@ -360,14 +391,42 @@ impl EtcdStore {
         });
     }
 
-    /// Fold one watch response's events into the mirror; whether a
-    /// resource changed.
-    fn note_events(&self, resp: &etcd_client::WatchResponse) -> bool {
+    /// Fold one watch response's events into the mirror, and apply the
+    /// quarantines among them to the registry at once; whether a resource
+    /// changed, and whether a quarantine did.
+    fn note_events(&self, resp: &etcd_client::WatchResponse) -> (bool, bool) {
+        let mut words = Vec::new();
+        let changed = self.note_in_mirror(resp, &mut words);
+        let contained = !words.is_empty();
+        containment::apply(words);
+        (changed, contained)
+    }
+
+    fn note_in_mirror(
+        &self,
+        resp: &etcd_client::WatchResponse,
+        words: &mut Vec<containment::Word>,
+    ) -> bool {
         let mut m = self.mirror();
         let mut changed = false;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let Ok(key) = kv.key_str() else { continue };
+            if let Some(id) = keys::parse_quarantine_key(&self.prefix, key) {
+                match ev.event_type() {
+                    EventType::Put => {
+                        let stored = m.put_quarantine(id, kv.value(), kv.mod_revision());
+                        if let Some(spec) = stored.and_then(|v| containment::spec_of(id, &v)) {
+                            words.push(containment::Word::Put(Box::new(spec)));
+                        }
+                    }
+                    EventType::Delete => {
+                        m.quarantines.remove(id);
+                        words.push(containment::Word::Delete(id.to_string()));
+                    }
+                }
+                continue;
+            }
             changed |= match ev.event_type() {
                 EventType::Put => m.put(
                     &self.prefix,

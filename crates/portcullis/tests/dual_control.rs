@@ -301,3 +301,124 @@ async fn writes_below_the_top_tier_are_not_held() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_rule_write_is_held_while_a_top_tier_route_exists() {
+    let up = RecordingUpstream::start().await;
+    let gw = start();
+    for (path, body) in [
+        (
+            "/apisix/admin/upstreams/u1",
+            json!({"nodes": {up.addr.to_string(): 1}}),
+        ),
+        (
+            "/apisix/admin/consumers/jack",
+            json!({"plugins": {"jwt-auth": {"key": "jack", "secret": SECRET}}}),
+        ),
+        // No top-tier route yet: a global rule applies at once.
+        (
+            "/apisix/admin/global_rules/g1",
+            json!({"plugins": {"request-id": {}}}),
+        ),
+    ] {
+        let r = admin(&gw, ALICE, "PUT", path, body).await;
+        assert_eq!(r.status, 201, "{path}: {}", r.text());
+    }
+    let r = admin(
+        &gw,
+        ALICE,
+        "PUT",
+        "/apisix/admin/routes/pay",
+        pay_route("1"),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let r = admin(
+        &gw,
+        BOB,
+        "POST",
+        &format!("/portcullis/v1/approvals/{id}/approve"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(pay(&gw).await.status, 200);
+
+    // A global rule runs on every route, the payment route too: held.
+    let edit = json!({"plugins": {"request-id": {"header_name": "x-trace"}}});
+    let r = admin(&gw, ALICE, "PUT", "/apisix/admin/global_rules/g1", edit).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let message = r.json()["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains(
+            "global rule g1 applies to every route, and route pay is tier payment_or_admin_api"
+        ),
+        "{message}"
+    );
+    let held = r.json()["id"].as_str().unwrap().to_string();
+    let served = admin(
+        &gw,
+        AUDITOR,
+        "GET",
+        "/apisix/admin/global_rules/g1",
+        Value::Null,
+    )
+    .await;
+    assert!(served.json()["value"]["plugins"]["request-id"]
+        .get("header_name")
+        .is_none());
+    let approve = format!("/portcullis/v1/approvals/{held}/approve");
+    assert_eq!(
+        admin(&gw, ALICE, "POST", &approve, Value::Null)
+            .await
+            .status,
+        403
+    );
+    let r = admin(&gw, BOB, "POST", &approve, Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = admin(
+        &gw,
+        AUDITOR,
+        "GET",
+        "/apisix/admin/global_rules/g1",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        served.json()["value"]["plugins"]["request-id"]["header_name"],
+        "x-trace"
+    );
+
+    // New ones and deletes too.
+    let r = admin(
+        &gw,
+        BOB,
+        "PUT",
+        "/apisix/admin/global_rules/g2",
+        json!({"plugins": {"cors": {}}}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = admin(
+        &gw,
+        BOB,
+        "DELETE",
+        "/apisix/admin/global_rules/g1",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(
+        admin(
+            &gw,
+            AUDITOR,
+            "GET",
+            "/apisix/admin/global_rules/g1",
+            Value::Null
+        )
+        .await
+        .status,
+        200
+    );
+}
