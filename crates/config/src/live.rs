@@ -110,6 +110,9 @@ impl Live {
     fn install_built(&self, snap: Snapshot) -> u64 {
         let version = snap.version;
         let previous = self.current.swap(Arc::new(snap));
+        // Counters and logger threads of routes that neither this snapshot
+        // nor the previous one uses are released now.
+        self.runtime.plugin_state.sweep_unused();
         // Freeing a large snapshot takes milliseconds: do it off the
         // writer's path (requests may still hold it anyway).
         let _ = std::thread::Builder::new()

@@ -45,11 +45,13 @@ impl SharedState {
         made
     }
 
-    /// Drop entries whose key is not in `live`: called after a snapshot swap
-    /// so that deleted routes do not keep their counters forever.
-    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+    /// Drop the entries no plugin instance holds any more (their routes or
+    /// settings are gone), so deleted routes do not keep counters or logger
+    /// threads for ever. Called after a snapshot swap; an entry still held
+    /// by the previous snapshot (requests in flight) goes at the next one.
+    pub fn sweep_unused(&self) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|k, _| live.contains(k));
+        entries.retain(|_, v| Arc::strong_count(v) > 1);
     }
 
     pub fn len(&self) -> usize {
@@ -91,4 +93,24 @@ pub fn config_hash(conf: &Value) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     feed(conf, &mut h);
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweep_drops_only_entries_no_plugin_holds() {
+        let state = SharedState::default();
+        let held = state.get_or_insert("routes/1#limit-count#1", || 1u32);
+        drop(state.get_or_insert("routes/2#limit-count#1", || 2u32));
+        assert_eq!(state.len(), 2);
+        state.sweep_unused();
+        assert_eq!(state.len(), 1);
+        // The held entry is the same one, not a fresh counter.
+        assert!(Arc::ptr_eq(
+            &held,
+            &state.get_or_insert("routes/1#limit-count#1", || 9u32)
+        ));
+    }
 }

@@ -44,7 +44,9 @@ use crate::context::{parse_conf, BuildContext};
 use crate::registry::PluginSpec;
 
 mod scope;
-use scope::ScopeIndex;
+mod verdicts;
+use scope::{ScopeIndex, Scoped};
+use verdicts::Verdict;
 
 pub const NAME: &str = "policy";
 
@@ -178,6 +180,8 @@ pub struct Policy {
     /// policies whose scope can match it.
     scopes: ScopeIndex,
     authorizer: Authorizer,
+    /// This instance's number in the per-thread verdict cache.
+    instance: u64,
     /// `Action::"GET"` and friends, made once.
     actions: HashMap<http::Method, EntityUid>,
     rejection: Rejection,
@@ -272,6 +276,7 @@ impl Policy {
         Ok(Policy {
             scopes,
             authorizer: Authorizer::new(),
+            instance: verdicts::next_instance(),
             actions,
             rejection: Rejection::message(
                 status,
@@ -288,13 +293,15 @@ impl Policy {
     }
 
     /// The Cedar request and entities for one HTTP request. The header
-    /// entity is filled only when a policy that may apply reads headers.
+    /// entity is filled only when a policy that may apply reads headers,
+    /// and the context built only when one reads it.
     fn cedar_request(
         &self,
         req: &RequestState,
         action: EntityUid,
-        with_headers: bool,
+        scoped: &Scoped,
     ) -> Result<(Request, Entities), String> {
+        let with_headers = scoped.needs_headers;
         let t = types();
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let mut entities = Vec::with_capacity(6);
@@ -347,82 +354,86 @@ impl Policy {
                 .map_err(|e| e.to_string())?,
         );
 
-        let headers = uid(&t.headers, "request");
-        let mut header_tags: BTreeMap<String, String> = BTreeMap::new();
-        for (name, value) in req.head.headers.iter().filter(|_| with_headers) {
-            if let Ok(v) = value.to_str() {
-                header_tags
-                    .entry(name.as_str().to_string())
-                    .and_modify(|prev| {
-                        prev.push_str(", ");
-                        prev.push_str(v);
-                    })
-                    .or_insert_with(|| v.to_string());
+        let context = if !scoped.needs_context {
+            Context::empty()
+        } else {
+            let headers = uid(&t.headers, "request");
+            let mut header_tags: BTreeMap<String, String> = BTreeMap::new();
+            for (name, value) in req.head.headers.iter().filter(|_| with_headers) {
+                if let Ok(v) = value.to_str() {
+                    header_tags
+                        .entry(name.as_str().to_string())
+                        .and_modify(|prev| {
+                            prev.push_str(", ");
+                            prev.push_str(v);
+                        })
+                        .or_insert_with(|| v.to_string());
+                }
             }
-        }
-        entities.push(
-            Entity::new_with_tags(
-                headers.clone(),
-                [],
-                [],
-                header_tags
-                    .into_iter()
-                    .map(|(k, v)| (k, RestrictedExpression::new_string(v))),
-            )
-            .map_err(|e| e.to_string())?,
-        );
-        let params = uid(&t.params, "request");
-        entities.push(
-            Entity::new_with_tags(
-                params.clone(),
-                [],
-                [],
-                req.path_params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
-            )
-            .map_err(|e| e.to_string())?,
-        );
+            entities.push(
+                Entity::new_with_tags(
+                    headers.clone(),
+                    [],
+                    [],
+                    header_tags
+                        .into_iter()
+                        .map(|(k, v)| (k, RestrictedExpression::new_string(v))),
+                )
+                .map_err(|e| e.to_string())?,
+            );
+            let params = uid(&t.params, "request");
+            entities.push(
+                Entity::new_with_tags(
+                    params.clone(),
+                    [],
+                    [],
+                    req.path_params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
+                )
+                .map_err(|e| e.to_string())?,
+            );
 
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let days = now.div_euclid(86_400);
-        // 1970-01-01 was a Thursday (ISO weekday 4).
-        let weekday = (days + 3).rem_euclid(7) + 1;
-        let context = Context::from_pairs([
-            (
-                "headers".to_string(),
-                RestrictedExpression::new_entity_uid(headers),
-            ),
-            (
-                "params".to_string(),
-                RestrictedExpression::new_entity_uid(params),
-            ),
-            (
-                "client_ip".to_string(),
-                RestrictedExpression::new_ip(req.client_ip.to_canonical().to_string()),
-            ),
-            ("method".to_string(), s(req.head.method.as_str())),
-            ("path".to_string(), s(req.path())),
-            ("host".to_string(), s(req.host().unwrap_or(""))),
-            ("scheme".to_string(), s(req.scheme)),
-            (
-                "authenticated".to_string(),
-                RestrictedExpression::new_bool(req.identity.is_some()),
-            ),
-            ("now".to_string(), RestrictedExpression::new_long(now)),
-            (
-                "hour_utc".to_string(),
-                RestrictedExpression::new_long(now.rem_euclid(86_400) / 3600),
-            ),
-            (
-                "weekday_utc".to_string(),
-                RestrictedExpression::new_long(weekday),
-            ),
-        ])
-        .map_err(|e| e.to_string())?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let days = now.div_euclid(86_400);
+            // 1970-01-01 was a Thursday (ISO weekday 4).
+            let weekday = (days + 3).rem_euclid(7) + 1;
+            Context::from_pairs([
+                (
+                    "headers".to_string(),
+                    RestrictedExpression::new_entity_uid(headers),
+                ),
+                (
+                    "params".to_string(),
+                    RestrictedExpression::new_entity_uid(params),
+                ),
+                (
+                    "client_ip".to_string(),
+                    RestrictedExpression::new_ip(req.client_ip.to_canonical().to_string()),
+                ),
+                ("method".to_string(), s(req.head.method.as_str())),
+                ("path".to_string(), s(req.path())),
+                ("host".to_string(), s(req.host().unwrap_or(""))),
+                ("scheme".to_string(), s(req.scheme)),
+                (
+                    "authenticated".to_string(),
+                    RestrictedExpression::new_bool(req.identity.is_some()),
+                ),
+                ("now".to_string(), RestrictedExpression::new_long(now)),
+                (
+                    "hour_utc".to_string(),
+                    RestrictedExpression::new_long(now.rem_euclid(86_400) / 3600),
+                ),
+                (
+                    "weekday_utc".to_string(),
+                    RestrictedExpression::new_long(weekday),
+                ),
+            ])
+            .map_err(|e| e.to_string())?
+        };
 
         let request =
             Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
@@ -467,8 +478,36 @@ impl Plugin for Policy {
             req.decisions.push(Decision::reject(NAME, reason));
             return Flow::Respond(self.rejection.clone());
         }
-        let (request, entities) = match self.cedar_request(req, action, scoped.needs_headers) {
-            Ok(r) => r,
+        let verdict = if scoped.needs_context {
+            self.evaluate(req, action, scoped)
+        } else {
+            let consumer = req.identity.as_ref().map(|i| &i.consumer);
+            verdicts::get_or_decide(
+                self.instance,
+                &req.route,
+                consumer,
+                &req.head.method,
+                || self.evaluate(req, action, scoped),
+            )
+        };
+        match verdict {
+            Ok(Verdict {
+                allow: true,
+                reason,
+            }) => {
+                let mut d = Decision::allow(NAME);
+                d.reason = Some(reason.to_string().into());
+                req.decisions.push(d);
+                Flow::Continue
+            }
+            Ok(Verdict {
+                allow: false,
+                reason,
+            }) => {
+                req.decisions
+                    .push(Decision::reject(NAME, reason.to_string()));
+                Flow::Respond(self.rejection.clone())
+            }
             Err(e) => {
                 // Fail closed: a request that cannot be described is denied.
                 tracing::warn!(error = %e, "policy: cannot build the Cedar request");
@@ -476,9 +515,21 @@ impl Plugin for Policy {
                     NAME,
                     "the request could not be evaluated; denied",
                 ));
-                return Flow::Respond(self.rejection.clone());
+                Flow::Respond(self.rejection.clone())
             }
-        };
+        }
+    }
+}
+
+impl Policy {
+    /// Ask Cedar, with the policies that can apply.
+    fn evaluate(
+        &self,
+        req: &RequestState,
+        action: EntityUid,
+        scoped: &Scoped,
+    ) -> Result<Verdict, String> {
+        let (request, entities) = self.cedar_request(req, action, scoped)?;
         let response = self
             .authorizer
             .is_authorized(&request, &scoped.policies, &entities);
@@ -490,26 +541,21 @@ impl Plugin for Policy {
         } else {
             String::new()
         };
-        match response.decision() {
-            CedarDecision::Allow => {
-                let mut d = Decision::allow(NAME);
-                d.reason = Some(format!("permitted by policy {deciding}{note}").into());
-                req.decisions.push(d);
-                Flow::Continue
-            }
-            CedarDecision::Deny => {
-                let reason = if deciding.is_empty() {
-                    format!(
-                        "no policy permits {} on route {}{note}",
-                        req.head.method, req.route.id
-                    )
-                } else {
-                    format!("forbidden by policy {deciding}{note}")
-                };
-                req.decisions.push(Decision::reject(NAME, reason));
-                Flow::Respond(self.rejection.clone())
-            }
-        }
+        let (allow, reason) = match response.decision() {
+            CedarDecision::Allow => (true, format!("permitted by policy {deciding}{note}")),
+            CedarDecision::Deny if deciding.is_empty() => (
+                false,
+                format!(
+                    "no policy permits {} on route {}{note}",
+                    req.head.method, req.route.id
+                ),
+            ),
+            CedarDecision::Deny => (false, format!("forbidden by policy {deciding}{note}")),
+        };
+        Ok(Verdict {
+            allow,
+            reason: reason.into(),
+        })
     }
 }
 
@@ -699,17 +745,68 @@ mod tests {
         let p = build(NAME, json!({ "policies": text })).unwrap();
         let cases = [
             ("GET", Some("jack"), None, "permitted by policy orders-read"),
-            ("HEAD", Some("jack"), None, "permitted by policy orders-read"),
+            (
+                "HEAD",
+                Some("jack"),
+                None,
+                "permitted by policy orders-read",
+            ),
             ("GET", None, Some(403), "forbidden by policy no-anonymous"),
-            ("POST", Some("jack"), Some(403), "no policy permits POST on route orders"),
+            (
+                "POST",
+                Some("jack"),
+                Some(403),
+                "no policy permits POST on route orders",
+            ),
             // An unscoped rule still reads the headers it needs.
             ("PUT", Some("jack"), None, "permitted by policy tenant"),
-            ("DELETE", Some("jack"), Some(403), "no policy permits DELETE on route orders"),
+            (
+                "DELETE",
+                Some("jack"),
+                Some(403),
+                "no policy permits DELETE on route orders",
+            ),
         ];
         for (method, consumer, status, reason) in cases {
             let mut req = request(method, consumer.map(|c| (c, None)));
-            assert_eq!(decide(&p, &mut req), (status, reason.to_string()), "{method}");
+            assert_eq!(
+                decide(&p, &mut req),
+                (status, reason.to_string()),
+                "{method}"
+            );
         }
+    }
+
+    #[test]
+    fn context_free_verdicts_follow_the_consumer_and_route_values() {
+        let p = build(
+            NAME,
+            json!({"policies": r#"@id("sales-only") permit(principal, action, resource)
+                when { principal.hasTag("team") && principal.getTag("team") == "sales" };"#}),
+        )
+        .unwrap();
+        let mut first = request("GET", Some(("jack", None)));
+        let permitted = (None, "permitted by policy sales-only".to_string());
+        assert_eq!(decide(&p, &mut first), permitted);
+        // The same consumer and route values again: the remembered answer.
+        let mut again = request("GET", None);
+        again.route = first.route.clone();
+        again.identity = first.identity.clone();
+        assert_eq!(decide(&p, &mut again), permitted);
+        // A config edit moves jack to another team: a new consumer value,
+        // decided afresh.
+        let mut edited = request("GET", Some(("jack", None)));
+        edited.route = first.route.clone();
+        edited.identity = Some(Identity {
+            consumer: Arc::new(Consumer {
+                username: "jack".into(),
+                group_id: None,
+                labels: BTreeMap::from([("team".to_string(), "ops".to_string())]),
+            }),
+            credential_id: None,
+            authenticated_by: "key-auth",
+        });
+        assert_eq!(decide(&p, &mut edited).0, Some(403));
     }
 
     #[test]
@@ -738,4 +835,3 @@ mod tests {
         );
     }
 }
-

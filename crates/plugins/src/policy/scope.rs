@@ -21,18 +21,22 @@ pub struct Scoped {
     /// Whether any of them mentions `headers`: the header entity is the
     /// costly part of a request, and is left empty when nothing reads it.
     pub needs_headers: bool,
+    /// Whether any of them mentions `context` at all: when none does, the
+    /// decision depends only on the consumer, the action and the route.
+    pub needs_context: bool,
 }
 
 impl Scoped {
     fn of(policies: &[&Policy]) -> Scoped {
-        let needs_headers = policies
-            .iter()
-            .any(|p| p.to_string().contains("headers"));
+        let texts: Vec<String> = policies.iter().map(|p| p.to_string()).collect();
+        let needs_headers = texts.iter().any(|t| t.contains("headers"));
+        let needs_context = texts.iter().any(|t| t.contains("context"));
         let set = PolicySet::from_policies(policies.iter().map(|p| (*p).clone()))
             .unwrap_or_else(|_| unreachable!("ids were unique in the whole set"));
         Scoped {
             policies: set,
             needs_headers,
+            needs_context,
         }
     }
 }
