@@ -5,11 +5,12 @@
 //! - `quarantine`: containment with an expiry, checked by the data plane;
 //! - `profiles`: behaviour profiles per identity and anomaly detectors.
 //!
-//! The request side only calls [`observe`] (build a row from the decision
-//! record and `try_send` it into a bounded channel: a full channel drops
-//! the row and counts it) and [`quarantine::check`]. One writer thread
-//! drains the channel in batches (one transaction each), feeds the
-//! profiles, expires quarantines and applies retention.
+//! The request side only calls [`observe`] (encode the record's head
+//! fields into one small buffer, share the record's JSON, and `try_send`
+//! both into a bounded channel: a full channel drops the record and counts
+//! it) and [`quarantine::check`]. One writer thread drains the channel in
+//! batches (one row and one transaction each), feeds the profiles,
+//! expires quarantines and applies retention.
 
 pub mod profiles;
 pub mod quarantine;
@@ -18,6 +19,7 @@ pub mod store;
 pub mod time;
 
 use std::borrow::Cow;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -30,7 +32,7 @@ use portcullis_telemetry::redact::Field;
 use serde_json::{json, Value};
 
 pub use settings::{AnomalySettings, AuditSettings, Mode};
-pub use store::{Filter, Row};
+pub use store::{Filter, Pending, Row};
 
 /// The audit file inside `data_dir`, unless `audit.file` says otherwise.
 pub const DB_FILE: &str = "audit.db";
@@ -54,7 +56,7 @@ pub struct Audit {
     path: PathBuf,
     settings: AuditSettings,
     anomaly: AnomalySettings,
-    tx: SyncSender<Row>,
+    tx: SyncSender<Pending>,
     appender: Mutex<store::Appender>,
     reader: Mutex<Option<rusqlite::Connection>>,
     profiles: Mutex<profiles::Profiles>,
@@ -183,21 +185,63 @@ pub fn observe(rec: &DecisionRecord<'_>) {
     }
 }
 
-fn decision_of(rec: &DecisionRecord<'_>) -> (Cow<'static, str>, Option<Cow<'static, str>>) {
+fn decision_of(rec: &DecisionRecord<'_>) -> (&'static str, Option<&'static str>) {
     if let Some(d) = rec.decisions.iter().find(|d| d.outcome == Outcome::Reject) {
-        return ("reject".into(), Some(d.plugin.into()));
+        return ("reject", Some(d.plugin));
     }
     if let Some(d) = rec
         .decisions
         .iter()
         .find(|d| d.outcome == Outcome::WouldReject)
     {
-        return ("would_reject".into(), Some(d.plugin.into()));
+        return ("would_reject", Some(d.plugin));
     }
     if rec.status >= 400 {
-        return ("error".into(), None);
+        return ("error", None);
     }
-    ("allow".into(), None)
+    ("allow", None)
+}
+
+/// The request's audit record: its head fields encoded in one buffer
+/// (redacted as the decision record is), and its JSON, encoded once per
+/// request and shared with the other sinks.
+pub fn pending(rec: &DecisionRecord<'_>) -> Pending {
+    let r = portcullis_telemetry::global().redaction();
+    let (decision, plugin) = decision_of(rec);
+    let mut ip = [0u8; 48];
+    let client = if r.hides(Field::ClientAddr) {
+        "[redacted]"
+    } else {
+        let mut w = &mut ip[..];
+        let _ = write!(w, "{}", rec.client_ip);
+        let n = 48 - w.len();
+        std::str::from_utf8(&ip[..n]).unwrap_or("")
+    };
+    let texts = [
+        Some("request"),
+        rec.identity
+            .map(|i| r.field(Field::ConsumerUsername, &i.consumer.username)),
+        rec.identity.and_then(|i| {
+            i.credential_id
+                .as_deref()
+                .map(|c| r.field(Field::ConsumerCredentialId, c))
+        }),
+        rec.route.map(|i| &*i.id),
+        rec.route
+            .and_then(|i| i.labels.get("tier").map(String::as_str)),
+        Some(decision),
+        plugin,
+        rec.request_id.map(|v| r.field(Field::RequestId, v)),
+        Some(rec.method),
+        Some(r.field(Field::Path, rec.path)),
+        Some(client),
+    ];
+    Pending::request(
+        time::ms_of(rec.time),
+        rec.status,
+        &texts,
+        portcullis_telemetry::json(rec).clone(),
+    )
 }
 
 impl Audit {
@@ -215,38 +259,7 @@ impl Audit {
     }
 
     pub fn observe(&self, rec: &DecisionRecord<'_>) {
-        let r = portcullis_telemetry::global().redaction();
-        let (decision, plugin) = decision_of(rec);
-        let row = Row {
-            time: time::ms_of(rec.time),
-            event: Cow::Borrowed("request"),
-            consumer: rec.identity.map(|i| {
-                r.field(Field::ConsumerUsername, &i.consumer.username)
-                    .to_string()
-            }),
-            credential: rec.identity.and_then(|i| {
-                i.credential_id
-                    .as_deref()
-                    .map(|c| r.field(Field::ConsumerCredentialId, c).to_string())
-            }),
-            route: rec.route.map(|i| i.id.to_string()),
-            tier: rec.route.and_then(|i| i.labels.get("tier").cloned()),
-            status: rec.status,
-            decision,
-            plugin,
-            request_id: rec
-                .request_id
-                .map(|v| r.field(Field::RequestId, v).to_string()),
-            method: Some(rec.method.to_string()),
-            path: Some(r.field(Field::Path, rec.path).to_string()),
-            client: Some(if r.hides(Field::ClientAddr) {
-                "[redacted]".to_string()
-            } else {
-                rec.client_ip.to_string()
-            }),
-            record: portcullis_telemetry::json(rec).clone(),
-        };
-        match self.tx.try_send(row) {
+        match self.tx.try_send(pending(rec)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -264,10 +277,10 @@ impl Audit {
         self.written.load(Ordering::Relaxed)
     }
 
-    fn run_writer(self: Arc<Self>, rx: Receiver<Row>) {
+    fn run_writer(self: Arc<Self>, rx: Receiver<Pending>) {
         let batch_max = self.settings.batch.max(1);
         let linger = Duration::from_millis(self.settings.flush_ms);
-        let mut batch: Vec<Row> = Vec::with_capacity(batch_max);
+        let mut batch: Vec<Pending> = Vec::with_capacity(batch_max);
         let mut last_sweep = Instant::now() - Duration::from_secs(1);
         let mut last_retention = Instant::now() - Duration::from_secs(3600);
         let mut last_profiles = Instant::now();
@@ -314,10 +327,14 @@ impl Audit {
         }
     }
 
-    fn write_batch(&self, batch: &mut Vec<Row>) {
+    fn write_batch(&self, batch: &mut Vec<Pending>) {
+        // The detectors read each record's fields as the appender decodes
+        // them (no second pass, no copies).
+        let mut alerts: Vec<profiles::Alert> = Vec::new();
         let result = {
             let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
-            app.append(batch)
+            let mut p = self.profiles.lock().unwrap_or_else(|p| p.into_inner());
+            app.append(batch, |f| alerts.extend(p.observe(f, &self.anomaly)))
         };
         match result {
             Ok(()) => {
@@ -330,13 +347,6 @@ impl Audit {
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
             }
         }
-        let alerts: Vec<profiles::Alert> = {
-            let mut p = self.profiles.lock().unwrap_or_else(|p| p.into_inner());
-            batch
-                .iter()
-                .flat_map(|row| p.observe(row, &self.anomaly))
-                .collect()
-        };
         batch.clear();
         for a in alerts {
             self.raise(a);
@@ -421,7 +431,7 @@ impl Audit {
     /// are never dropped.
     fn append_now(&self, rows: Vec<Row>) -> bool {
         let mut app = self.appender.lock().unwrap_or_else(|p| p.into_inner());
-        match app.append(&rows) {
+        match app.append_rows(&rows) {
             Ok(()) => {
                 self.written.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 true

@@ -21,7 +21,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::settings::{AnomalySettings, Mode};
-use crate::store::Row;
+use crate::store::layout::{
+    CLIENT, CONSUMER, DECISION, EVENT, METHOD, PATH, PLUGIN, REQUEST_ID, ROUTE, TIER,
+};
+use crate::store::Fields;
 use crate::time;
 
 const EVIDENCE: usize = 20;
@@ -119,11 +122,11 @@ enum Failure {
     Validation,
 }
 
-fn failure_of(row: &Row) -> Option<Failure> {
-    if row.decision != "reject" && row.decision != "error" {
+fn failure_of(row: &Fields<'_>) -> Option<Failure> {
+    if !row.is(DECISION, "reject") && !row.is(DECISION, "error") {
         return None;
     }
-    let plugin = row.plugin.as_deref().unwrap_or("");
+    let plugin = row.str(PLUGIN).unwrap_or("");
     if plugin == "quarantine" || plugin.starts_with("limit-") {
         return None;
     }
@@ -148,46 +151,68 @@ fn failure_of(row: &Row) -> Option<Failure> {
 pub struct Profiles {
     pub map: HashMap<String, Profile>,
     pub dirty: HashSet<String>,
+    /// `METHOD route` of the record being fed (reused: no allocation per
+    /// record).
+    route_key: String,
 }
 
 impl Profiles {
-    /// Feed one request row; return what the detectors found.
-    pub fn observe(&mut self, row: &Row, s: &AnomalySettings) -> Vec<Alert> {
+    /// Feed one request record; return what the detectors found. Allocates
+    /// only for what is new (an identity, a route, an alert) and for
+    /// evidence (a few request ids per rate bucket, failures).
+    pub fn observe(&mut self, row: &Fields<'_>, s: &AnomalySettings) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        if row.event != "request" {
+        if !row.is(EVENT, "request") {
             return alerts;
         }
         let failure = failure_of(row);
-        let identity = match (&row.consumer, &row.client) {
-            (Some(c), _) => c.clone(),
+        let consumer = row.str(CONSUMER);
+        let client = row.str(CLIENT);
+        let anonymous;
+        let identity: &str = match (consumer, client) {
+            (Some(c), _) => c,
             // Anonymous requests only feed the failure detector.
-            (None, Some(ip)) if failure.is_some() => format!("client:{ip}"),
+            (None, Some(ip)) if failure.is_some() => {
+                anonymous = format!("client:{ip}");
+                &anonymous
+            }
             _ => return alerts,
         };
-        if !self.map.contains_key(&identity) && self.map.len() >= MAX_PROFILES {
-            return alerts;
-        }
         let now = row.time;
-        let p = self.map.entry(identity.clone()).or_insert_with(|| Profile {
-            first_seen: now,
-            bucket_start: now,
-            ..Profile::default()
-        });
-        self.dirty.insert(identity.clone());
+        let p = match self.map.get_mut(identity) {
+            Some(p) => p,
+            None => {
+                if self.map.len() >= MAX_PROFILES {
+                    return alerts;
+                }
+                self.map
+                    .entry(identity.to_string())
+                    .or_insert_with(|| Profile {
+                        first_seen: now,
+                        bucket_start: now,
+                        ..Profile::default()
+                    })
+            }
+        };
+        if !self.dirty.contains(identity) {
+            self.dirty.insert(identity.to_string());
+        }
         p.last_seen = now;
         p.requests += 1;
         let learned = (now - p.first_seen) as f64 >= s.learning_period * 1000.0;
-        let tier = row.tier.as_deref();
+        let tier = row.str(TIER);
+        let route = row.str(ROUTE);
+        let request_id = row.str(REQUEST_ID);
         let mut alert = |detector: &'static str, detail: String, evidence: Vec<String>| {
             let mode = s.mode_of(detector, tier);
             if mode != Mode::Learn {
                 alerts.push(Alert {
                     detector,
-                    identity: identity.clone(),
-                    consumer: row.consumer.clone(),
-                    client: row.client.clone(),
-                    route: row.route.clone(),
-                    tier: row.tier.clone(),
+                    identity: identity.to_string(),
+                    consumer: consumer.map(str::to_string),
+                    client: client.map(str::to_string),
+                    route: route.map(str::to_string),
+                    tier: tier.map(str::to_string),
                     detail,
                     evidence,
                     mode,
@@ -197,26 +222,36 @@ impl Profiles {
         };
 
         // new_route
-        if row.consumer.is_some() {
-            if let Some(route) = &row.route {
-                let key = format!("{} {route}", row.method.as_deref().unwrap_or("-"));
-                let n = p.routes.entry(key.clone()).or_insert(0);
-                *n += 1;
-                if *n == 1 && learned {
-                    alert(
-                        "new_route",
-                        format!(
-                            "first call of {key}{} after the learning period",
-                            tier.map(|t| format!(" (tier {t})")).unwrap_or_default()
-                        ),
-                        row.request_id.iter().cloned().collect(),
-                    );
+        if let (Some(_), Some(route)) = (consumer, route) {
+            let key = &mut self.route_key;
+            key.clear();
+            key.push_str(row.str(METHOD).unwrap_or("-"));
+            key.push(' ');
+            key.push_str(route);
+            let first = match p.routes.get_mut(key.as_str()) {
+                Some(n) => {
+                    *n += 1;
+                    false
                 }
+                None => {
+                    p.routes.insert(key.clone(), 1);
+                    true
+                }
+            };
+            if first && learned {
+                alert(
+                    "new_route",
+                    format!(
+                        "first call of {key}{} after the learning period",
+                        tier.map(|t| format!(" (tier {t})")).unwrap_or_default()
+                    ),
+                    request_id.map(str::to_string).into_iter().collect(),
+                );
             }
         }
 
         // rate_spike: close the buckets that ended, then test the current one.
-        if row.consumer.is_some() {
+        if consumer.is_some() {
             let window = (s.rate_window * 1000.0).max(1.0) as i64;
             let mut closed = 0;
             while now >= p.bucket_start + window && closed < 1000 {
@@ -238,8 +273,8 @@ impl Profiles {
             }
             p.bucket_count += 1;
             if p.bucket_ids.len() < EVIDENCE {
-                if let Some(id) = &row.request_id {
-                    p.bucket_ids.push(id.clone());
+                if let Some(id) = request_id {
+                    p.bucket_ids.push(id.to_string());
                 }
             }
             let limit = s.spike_factor * p.baseline.max(1.0);
@@ -269,7 +304,7 @@ impl Profiles {
                 Failure::Validation => p.validation_failures += 1,
             }
             let window = (s.burst_window * 1000.0) as i64;
-            p.failures.push_back((now, row.request_id.clone()));
+            p.failures.push_back((now, request_id.map(str::to_string)));
             while p.failures.front().is_some_and(|(t, _)| *t + window < now) {
                 p.failures.pop_front();
             }
@@ -288,8 +323,8 @@ impl Profiles {
                     format!(
                         "{n} authentication, authorization or validation failures within {}s (last: {} {} → {})",
                         s.burst_window,
-                        row.method.as_deref().unwrap_or("-"),
-                        row.path.as_deref().unwrap_or("-"),
+                        row.str(METHOD).unwrap_or("-"),
+                        row.str(PATH).unwrap_or("-"),
                         row.status
                     ),
                     evidence,
