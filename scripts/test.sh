@@ -65,6 +65,29 @@ if ! cmp -s "$SDK_REQ" "$SDK_VENV/requirements.txt" ||
   cp "$SDK_REQ" "$SDK_VENV/requirements.txt"
 fi
 
+# --- 1c. the JSON-Schema-Test-Suite, for crates/portcullis/tests/json_schema_suite.rs
+# The suite's npm package (@json-schema-org/tests) no longer ships the test
+# files, so it comes from the sdist of Python's jsonschema on PyPI, which
+# vendors the suite under json/. Pinned and checked by sha256; that test
+# fails (it does not skip) without it.
+SUITE_DIR="$sdk_target_dir/json-schema-test-suite"
+SUITE_PIN="jsonschema==4.26.0"
+SUITE_SHA256=0c26707e2efad8aa1bfc5b7ce170f3fccc2e4918ff85989ba9ffa9facb2be326
+if [ "$(cat "$SUITE_DIR/.pin" 2>/dev/null)" != "$SUITE_PIN $SUITE_SHA256" ]; then
+  say "fetching the JSON-Schema-Test-Suite ($SUITE_PIN sdist from PyPI)"
+  suite_tmp=$(mktemp -d "${TMPDIR:-/tmp}/json-schema-suite.XXXXXX")
+  "$SDK_VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+    --no-binary :all: -d "$suite_tmp" "$SUITE_PIN" || die "pip download $SUITE_PIN failed"
+  sdist=$(ls "$suite_tmp"/jsonschema-*.tar.gz)
+  echo "$SUITE_SHA256  $sdist" | sha256sum -c --quiet - || die "$sdist: sha256 mismatch"
+  rm -rf "$SUITE_DIR" && mkdir -p "$SUITE_DIR"
+  tar -xzf "$sdist" -C "$SUITE_DIR" --strip-components=2 "$(basename "$sdist" .tar.gz)/json"
+  [ -d "$SUITE_DIR/tests/draft2020-12" ] || die "$sdist holds no json/tests/draft2020-12"
+  echo "$SUITE_PIN $SUITE_SHA256" >"$SUITE_DIR/.pin"
+  rm -rf "$suite_tmp"
+fi
+export PORTCULLIS_JSON_SCHEMA_SUITE="$SUITE_DIR"
+
 # --- 2. test runner -----------------------------------------------------------
 have_nextest=0
 if cargo nextest --version >/dev/null 2>&1; then
