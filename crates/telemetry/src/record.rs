@@ -52,12 +52,14 @@ impl Serialize for Out<'_, '_> {
                 + usize::from(!r.include_headers.is_empty());
         let mut m = s.serialize_struct("DecisionRecord", 20 + extra)?;
         m.serialize_field("schema", RECORD_SCHEMA)?;
-        m.serialize_field("time", &Disp(Rfc3339(rec.time)))?;
+        // Both formatted on the stack and written as plain strings: going
+        // through `Display` costs a formatter call per field piece.
+        m.serialize_field("time", Rfc3339(rec.time).to_ascii().as_str())?;
         m.serialize_field(
             "request_id",
             &rec.request_id.map(|v| r.field(Field::RequestId, v)),
         )?;
-        m.serialize_field("trace_id", &Disp(Hex(&rec.trace_id)))?;
+        m.serialize_field("trace_id", hex16(&rec.trace_id).as_str())?;
         m.serialize_field("route", &rec.route.map(|info| RouteOut { info, r }))?;
         m.serialize_field("service", &rec.route.and_then(|i| i.service_id.as_deref()))?;
         m.serialize_field("consumer", &rec.identity.map(|id| ConsumerOut { id, r }))?;
@@ -293,8 +295,57 @@ impl Display for Hex<'_> {
     }
 }
 
+/// Up to 32 ASCII bytes, formatted on the stack.
+pub struct Ascii<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Ascii<N> {
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, letters and punctuation are ever written.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+/// A 16-byte id as 32 lowercase hex digits.
+pub fn hex16(id: &[u8; 16]) -> Ascii<32> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (i, b) in id.iter().enumerate() {
+        buf[2 * i] = DIGITS[usize::from(b >> 4)];
+        buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+    }
+    Ascii { buf, len: 32 }
+}
+
 /// `2024-05-01T12:00:00.123Z`.
 pub struct Rfc3339(pub SystemTime);
+
+impl Rfc3339 {
+    /// The same text as `Display`, without the formatter.
+    pub fn to_ascii(&self) -> Ascii<24> {
+        let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, mo, da) = civil_from_days(days as i64);
+        let mut buf = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y.clamp(0, 9999) as u64);
+        put(5, 2, u64::from(mo));
+        put(8, 2, u64::from(da));
+        put(11, 2, rem / 3600);
+        put(14, 2, rem % 3600 / 60);
+        put(17, 2, rem % 60);
+        put(20, 3, u64::from(d.subsec_millis()));
+        Ascii { buf, len: 24 }
+    }
+}
 
 impl Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -420,6 +471,11 @@ mod tests {
     fn time_is_rfc3339_utc_with_millis() {
         let t = UNIX_EPOCH + Duration::from_millis(1_714_564_800_123);
         assert_eq!(Rfc3339(t).to_string(), "2024-05-01T12:00:00.123Z");
+        assert_eq!(Rfc3339(t).to_ascii().as_str(), "2024-05-01T12:00:00.123Z");
+        assert_eq!(
+            Rfc3339(UNIX_EPOCH).to_ascii().as_str(),
+            "1970-01-01T00:00:00.000Z"
+        );
         assert_eq!(Rfc3339(UNIX_EPOCH).to_string(), "1970-01-01T00:00:00.000Z");
     }
 
@@ -428,6 +484,7 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let id = parse_traceparent(tp).unwrap();
         assert_eq!(Hex(&id).to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex16(&id).as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(
             parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
         );
