@@ -314,12 +314,7 @@ struct Held {
 /// The process's quarantines.
 pub fn registry() -> &'static Quarantines {
     static Q: OnceLock<Quarantines> = OnceLock::new();
-    Q.get_or_init(|| Quarantines {
-        active: ArcSwap::from_pointee(Active::default()),
-        specs: Mutex::new(BTreeMap::new()),
-        replication: OnceLock::new(),
-        holds: Mutex::new(HashMap::new()),
-    })
+    Q.get_or_init(Quarantines::empty)
 }
 
 /// Cluster mode (`config_source: etcd`): quarantines live in a store every
@@ -378,6 +373,15 @@ impl Drop for Hold {
 pub struct SafeUpstream(pub String);
 
 impl Quarantines {
+    fn empty() -> Quarantines {
+        Quarantines {
+            active: ArcSwap::from_pointee(Active::default()),
+            specs: Mutex::new(BTreeMap::new()),
+            replication: OnceLock::new(),
+            holds: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn rebuild(&self, specs: &BTreeMap<String, Arc<Entry>>) {
         let mut a = Active::default();
         // Oldest first, so the first quarantine of a target stays in force
@@ -689,4 +693,113 @@ pub fn check(st: &mut RequestState) -> Option<Rejection> {
         limit: None,
     });
     answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> &'static Quarantines {
+        Box::leak(Box::new(Quarantines::empty()))
+    }
+
+    fn spec(id: &str, consumer: &str, expires_at: Option<i64>) -> Spec {
+        Spec {
+            id: id.into(),
+            consumer: Some(consumer.into()),
+            credential: None,
+            client_cidr: None,
+            route: None,
+            action: Action::Block,
+            rate: None,
+            burst: None,
+            redirect: None,
+            reason: String::new(),
+            created_at: 1,
+            expires_at,
+            created_by: "ops".into(),
+        }
+    }
+
+    fn ids(q: &Quarantines) -> Vec<String> {
+        q.list().into_iter().map(|s| s.id).collect()
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        published: Mutex<Vec<String>>,
+        withdrawn: Mutex<Vec<String>>,
+    }
+
+    impl Replication for Recorder {
+        fn publish(&self, spec: Spec, _hold: Hold) {
+            self.published.lock().unwrap().push(spec.id);
+        }
+        fn withdraw(&self, spec: Spec, _hold: Hold) {
+            self.withdrawn.lock().unwrap().push(spec.id);
+        }
+    }
+
+    #[test]
+    fn the_shared_store_s_word_is_applied_and_a_full_load_replaces_the_set() {
+        let q = fresh();
+        q.apply_put(spec("q-1", "alice", None));
+        q.apply_put(spec("q-2", "bob", None));
+        // Already expired: not applied.
+        q.apply_put(spec("q-3", "carol", Some(1)));
+        assert_eq!(ids(q), ["q-1", "q-2"]);
+        assert_eq!(q.active_count(), 2);
+        q.apply_delete("q-1");
+        assert_eq!(ids(q), ["q-2"]);
+        q.apply_all(vec![spec("q-4", "dave", None), spec("q-5", "eve", Some(1))]);
+        assert_eq!(ids(q), ["q-4"]);
+        assert_eq!(q.active_count(), 1);
+    }
+
+    #[test]
+    fn a_hold_keeps_the_store_s_word_until_it_ends() {
+        let q = fresh();
+        q.apply_put(spec("q-1", "alice", None));
+        {
+            let first = q.hold("q-1");
+            let _second = q.hold("q-1");
+            q.apply_delete("q-1");
+            q.apply_all(Vec::new());
+            assert_eq!(ids(q), ["q-1"], "deferred while held");
+            drop(first);
+            assert_eq!(ids(q), ["q-1"], "still held once");
+        }
+        assert!(ids(q).is_empty(), "applied when the last hold ends");
+
+        // The latest word wins: deleted, then stored again.
+        let hold = q.hold("q-2");
+        q.apply_delete("q-2");
+        q.apply_put(spec("q-2", "bob", None));
+        drop(hold);
+        assert_eq!(ids(q), ["q-2"]);
+        // No word: a local insert under a hold stays.
+        let hold = q.hold("q-3");
+        q.insert(spec("q-3", "carol", None));
+        drop(hold);
+        assert_eq!(ids(q), ["q-2", "q-3"]);
+    }
+
+    #[test]
+    fn local_inserts_and_removals_are_published_unless_held() {
+        let q = fresh();
+        let r = Arc::new(Recorder::default());
+        q.set_replication(r.clone());
+        q.insert(spec("q-1", "alice", None));
+        {
+            let _hold = q.hold("q-2");
+            q.insert(spec("q-2", "bob", None));
+            q.remove("q-2");
+        }
+        q.remove("q-1");
+        // What the store says is never published back.
+        q.apply_put(spec("q-3", "carol", None));
+        q.apply_delete("q-3");
+        assert_eq!(*r.published.lock().unwrap(), ["q-1"]);
+        assert_eq!(*r.withdrawn.lock().unwrap(), ["q-1"]);
+    }
 }

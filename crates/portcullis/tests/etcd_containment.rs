@@ -25,6 +25,11 @@ const SECRET: &str = "jack-hmac-secret-0123456789";
 
 /// A cluster node with admin keys ops, alice and bob, and a viewer.
 fn node(etcd_endpoint: &str) -> Gateway {
+    node_with(etcd_endpoint, "")
+}
+
+/// `extra`: more of the `gateway:` section.
+fn node_with(etcd_endpoint: &str, extra: &str) -> Gateway {
     let section = default_gateway_section().replace(
         "      - { name: ops, key: test-admin-key, role: admin }\n",
         "      - { name: ops, key: test-admin-key, role: admin }\n      - { name: alice, key: alice-admin-key, role: admin }\n      - { name: bob, key: bob-admin-key, role: admin }\n",
@@ -34,7 +39,7 @@ fn node(etcd_endpoint: &str) -> Gateway {
         "the default section changed shape"
     );
     let config = format!(
-        "{section}  config_source: etcd\n  etcd:\n    host: [\"{etcd_endpoint}\"]\n    prefix: /apisix\n    timeout: 5\n    max_staleness: 30\n"
+        "{section}  config_source: etcd\n  etcd:\n    host: [\"{etcd_endpoint}\"]\n    prefix: /apisix\n    timeout: 5\n    max_staleness: 30\n{extra}"
     );
     Gateway::start(&config)
 }
@@ -333,6 +338,89 @@ async fn a_quarantine_through_one_node_blocks_on_every_node_within_a_second() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     on_every_node(&nodes, "/orders", "bob-key", 200, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_by_the_anomaly_detector_applies_on_every_node() {
+    let etcd = EtcdServer::start();
+    let up = RecordingUpstream::start().await;
+    let enforce = "  anomaly:\n    mode: alert\n    detectors: { failure_burst: enforce }\n    burst_threshold: 5\n    quarantine_for: 60\n";
+    let nodes = [
+        node_with(&etcd.endpoint(), enforce),
+        node_with(&etcd.endpoint(), ""),
+        node_with(&etcd.endpoint(), ""),
+    ];
+    orders(&nodes, &up).await;
+    let r = admin(
+        &nodes[0],
+        OPS,
+        "PUT",
+        "/apisix/admin/routes/checked",
+        json!({
+            "uri": "/checked",
+            "plugins": {
+                "key-auth": {},
+                "request-validation": {"header_schema": {"type": "object", "required": ["x-order"]}}
+            },
+            "upstream": {"nodes": {up.addr.to_string(): 1}, "type": "roundrobin"},
+        }),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    on_every_node(
+        &nodes,
+        "/checked",
+        "alice-key",
+        400,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // A burst of validation failures by alice on node 1 only: node 1's
+    // detector quarantines her, and every node enforces it.
+    for _ in 0..10 {
+        call(&nodes[0], "/checked", "alice-key").await;
+    }
+    let took = on_every_node(&nodes, "/orders", "alice-key", 403, Duration::from_secs(10)).await;
+    eprintln!(
+        "anomaly quarantine on node 1 enforced by all three within {:.0} ms of the burst",
+        ms(took)
+    );
+    assert_eq!(call(&nodes[2], "/orders", "bob-key").await, 200);
+    let list = admin(
+        &nodes[2],
+        VIEWER,
+        "GET",
+        "/portcullis/v1/quarantine",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(list.json()["total"], 1, "{}", list.text());
+    assert_eq!(list.json()["list"][0]["created_by"], "anomaly-detector");
+    assert_eq!(list.json()["list"][0]["target"], "consumer:alice");
+    let history = admin(
+        &nodes[1],
+        VIEWER,
+        "GET",
+        "/portcullis/v1/changes?resource=quarantine",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(history.json()["total"], 1, "{}", history.text());
+    assert_eq!(history.json()["list"][0]["actor"], "anomaly-detector");
+
+    // Lifted through another node: lifted everywhere, node 1 included.
+    let id = list.json()["list"][0]["id"].as_str().unwrap().to_string();
+    let r = admin(
+        &nodes[1],
+        OPS,
+        "DELETE",
+        &format!("/portcullis/v1/quarantine/{id}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    on_every_node(&nodes, "/orders", "alice-key", 200, Duration::from_secs(5)).await;
 }
 
 fn jwt() -> String {
