@@ -9,7 +9,8 @@ use serde_json::Value;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Walk the hash chain; name the first changed, removed or reordered row.
+    /// Walk the hash chain; name the records (and batches) changed, removed
+    /// or moved.
     Verify {
         /// The config file whose `gateway.data_dir` holds the audit file.
         #[arg(long, short)]
@@ -117,17 +118,18 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<bool> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if v.ok {
                 println!(
-                    "{}: ok, {} records (seq {}..{}), head {}",
+                    "{}: ok, {} records (seq {}..{}) in {} batches, head {}",
                     path.display(),
                     v.rows,
                     v.first_seq.unwrap_or(0),
                     v.last_seq.unwrap_or(0),
+                    v.batches,
                     v.head_hash.as_deref().unwrap_or("-")
                 );
             } else {
                 println!("{}: TAMPERED ({} records read)", path.display(), v.rows);
                 for p in &v.problems {
-                    println!("  row seq {}: {}", p.seq, p.what);
+                    println!("  record {} (batch {}): {}", p.seq, p.batch, p.what);
                 }
             }
             Ok(v.ok)

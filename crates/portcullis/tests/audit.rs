@@ -1,6 +1,6 @@
 //! The audit store through the real binary: records written off the
 //! request path, queried by the Admin API and the CLI, and the hash chain
-//! catching edited, removed and reordered rows.
+//! catching edited, removed and reordered records and batches.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -229,7 +229,7 @@ async fn records_are_queryable_by_the_admin_api_and_the_cli() {
 }
 
 /// A copy of the audit file to tamper with, and a config naming it.
-fn tamper_copy(gw: &Gateway, name: &str, sql: &str) -> PathBuf {
+fn tamper_copy(gw: &Gateway, name: &str, tamper: impl FnOnce(&rusqlite::Connection)) -> PathBuf {
     let src = gw.dir.path().join("data").join("audit.db");
     let dir = gw.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -238,7 +238,7 @@ fn tamper_copy(gw: &Gateway, name: &str, sql: &str) -> PathBuf {
         .unwrap();
     drop(conn);
     let copy = rusqlite::Connection::open(dir.join("audit.db")).unwrap();
-    copy.execute_batch(sql).unwrap();
+    tamper(&copy);
     drop(copy);
     let cfg = dir.join("portcullis.yaml");
     std::fs::write(
@@ -253,12 +253,51 @@ fn verify(cfg: &Path) -> (i32, String) {
     cli(&["audit", "verify", "--config", cfg.to_str().unwrap()])
 }
 
-const COLS: &str = "time, event, consumer, credential, route, tier, status, decision, plugin, request_id, method, path, client, record, prev_hash, hash";
+/// The batch holding record `seq`.
+fn batch_of(c: &rusqlite::Connection, seq: i64) -> i64 {
+    c.query_row(
+        "SELECT seq FROM audit_batch WHERE first <= ?1 AND first + count > ?1",
+        [seq],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn blob(c: &rusqlite::Connection, batch: i64, col: &str) -> Vec<u8> {
+    c.query_row(
+        &format!("SELECT {col} FROM audit_batch WHERE seq = ?1"),
+        [batch],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn set_blob(c: &rusqlite::Connection, batch: i64, col: &str, v: &[u8]) {
+    c.execute(
+        &format!("UPDATE audit_batch SET {col} = ?2 WHERE seq = ?1"),
+        rusqlite::params![batch, v],
+    )
+    .unwrap();
+}
+
+/// Record `seq`'s head: (its batch, where it starts and ends in `heads`,
+/// where its JSON starts in `records`).
+fn head_of(c: &rusqlite::Connection, seq: i64) -> (i64, usize, usize, usize) {
+    let batch = batch_of(c, seq);
+    let heads = blob(c, batch, "heads");
+    let all: Vec<_> = portcullis_audit::store::Heads::new(&heads)
+        .map(Result::unwrap)
+        .collect();
+    let i = all.iter().position(|h| h.seq == seq).unwrap();
+    let end = all.get(i + 1).map_or(heads.len(), |h| h.pos as usize);
+    (batch, all[i].pos as usize, end, all[i].json_off as usize)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn verify_names_the_row_that_was_changed_removed_or_reordered() {
+async fn verify_names_the_record_that_was_changed_removed_or_reordered() {
     let up = RecordingUpstream::start().await;
-    let gw = Gateway::start(&config(&up, ""));
+    // Batches of three records: 1..3, 4..6, 7..9, 10.
+    let gw = Gateway::start(&config(&up, "  audit: { batch: 3, flush_ms: 2000 }\n"));
     for i in 0..10 {
         let key = if i % 2 == 0 { "alice-key" } else { "bob-key" };
         request("GET", &gw.url("/orders"), &[("apikey", key)], "")
@@ -267,52 +306,133 @@ async fn verify_names_the_row_that_was_changed_removed_or_reordered() {
     }
     wait_for(&gw, "", 10).await;
 
-    let clean = tamper_copy(&gw, "clean", "");
+    let clean = tamper_copy(&gw, "clean", |_| {});
     let (code, out) = verify(&clean);
     assert_eq!(code, 0, "{out}");
-
-    // Changed: a rejection made to look allowed.
-    let cfg = tamper_copy(
-        &gw,
-        "edit",
-        "UPDATE audit SET status = 200, consumer = 'carol' WHERE seq = 5;",
+    assert!(
+        out.contains("ok, 10 records (seq 1..10) in 4 batches"),
+        "{out}"
     );
+    let c = rusqlite::Connection::open(gw.dir.path().join("clean").join("audit.db")).unwrap();
+    let (b5, b7) = (batch_of(&c, 5), batch_of(&c, 7));
+    assert_eq!((batch_of(&c, 4), b5, batch_of(&c, 6)), (b5, b5, b5));
+    assert_eq!(b7, b5 + 1);
+    drop(c);
+
+    // Changed: one byte of record 5's JSON inside its batch's blob.
+    let cfg = tamper_copy(&gw, "edit-json", |c| {
+        let (batch, _, _, json) = head_of(c, 5);
+        let mut records = blob(c, batch, "records");
+        let at = json + records[json..].iter().position(|b| *b == b'2').unwrap();
+        records[at] = b'4'; // a digit of its time
+        set_blob(c, batch, "records", &records);
+    });
     let (code, out) = verify(&cfg);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("row seq 5: content does not match"), "{out}");
-
-    // Changed, with its own hash recomputed: the next row's link breaks.
-    let cfg = tamper_copy(
-        &gw,
-        "rehash",
-        "UPDATE audit SET hash = randomblob(32) WHERE seq = 5;",
+    assert!(
+        out.contains(&format!(
+            "record 5 (batch {b5}): content does not match its hash"
+        )),
+        "{out}"
     );
-    let (code, out) = verify(&cfg);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("row seq 5: content does not match"), "{out}");
-    assert!(out.contains("row seq 6: prev_hash does not match"), "{out}");
+    assert!(!out.contains("record 6"), "{out}");
 
-    // Removed.
-    let cfg = tamper_copy(&gw, "delete", "DELETE FROM audit WHERE seq = 7;");
+    // Changed: record 5's head made to say 403.
+    let cfg = tamper_copy(&gw, "edit-head", |c| {
+        let (batch, start, _, _) = head_of(c, 5);
+        let mut heads = blob(c, batch, "heads");
+        heads[start + 16..start + 18].copy_from_slice(&403u16.to_be_bytes());
+        set_blob(c, batch, "heads", &heads);
+    });
     let (code, out) = verify(&cfg);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("row seq 8: rows 7..7 are missing"), "{out}");
+    assert!(
+        out.contains(&format!("record 5 (batch {b5}): content does not match")),
+        "{out}"
+    );
+
+    // Changed, with its hash replaced too: record 6 no longer chains.
+    let cfg = tamper_copy(&gw, "rehash", |c| {
+        let (batch, start, end, _) = head_of(c, 5);
+        let mut heads = blob(c, batch, "heads");
+        heads[start + 16..start + 18].copy_from_slice(&403u16.to_be_bytes());
+        heads[end - 32..end].copy_from_slice(&[0x5a; 32]);
+        set_blob(c, batch, "heads", &heads);
+    });
+    let (code, out) = verify(&cfg);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("record 5 (batch {b5}): content does not match")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "record 6 (batch {b5}): does not chain to record 5, which was changed or replaced"
+        )),
+        "{out}"
+    );
+
+    // Removed: a whole batch.
+    let cfg = tamper_copy(&gw, "delete", |c| {
+        c.execute("DELETE FROM audit_batch WHERE seq = ?1", [b5])
+            .unwrap();
+    });
+    let (code, out) = verify(&cfg);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "record 7 (batch {b7}): records 4..6 are missing (removed)"
+        )),
+        "{out}"
+    );
+
+    // Removed: one head out of a batch.
+    let cfg = tamper_copy(&gw, "delete-head", |c| {
+        let (batch, start, end, _) = head_of(c, 5);
+        let mut heads = blob(c, batch, "heads");
+        heads.drain(start..end);
+        set_blob(c, batch, "heads", &heads);
+    });
+    let (code, out) = verify(&cfg);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!(
+            "record 6 (batch {b5}): records 5..5 are missing (removed)"
+        )),
+        "{out}"
+    );
 
     // Removed at the start (no anchor moved).
-    let cfg = tamper_copy(&gw, "delete-first", "DELETE FROM audit WHERE seq <= 2;");
+    let cfg = tamper_copy(&gw, "delete-first", |c| {
+        c.execute("DELETE FROM audit_batch WHERE seq < ?1", [b5])
+            .unwrap();
+    });
     let (code, out) = verify(&cfg);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("row seq 3"), "{out}");
+    assert!(out.contains("record 4"), "{out}");
+    assert!(out.contains("records 1..3 are missing"), "{out}");
 
-    // Reordered: rows 3 and 4 swap places, each keeping its own hashes.
-    let swap = format!(
-        "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE seq IN (3, 4);
-         UPDATE audit SET ({COLS}) = (SELECT {COLS} FROM t WHERE t.seq = 7 - audit.seq) WHERE seq IN (3, 4);"
-    );
-    let cfg = tamper_copy(&gw, "reorder", &swap);
+    // Reordered: two batches swap their numbers.
+    let cfg = tamper_copy(&gw, "reorder", |c| {
+        c.execute_batch(&format!(
+            "UPDATE audit_batch SET seq = -1 WHERE seq = {b5};
+             UPDATE audit_batch SET seq = {b5} WHERE seq = {b7};
+             UPDATE audit_batch SET seq = {b7} WHERE seq = -1;"
+        ))
+        .unwrap();
+    });
     let (code, out) = verify(&cfg);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("row seq 3: prev_hash does not match"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "record 7 (batch {b5}): records 4..6 come later in the file"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("record 4 (batch {b7}): out of order")),
+        "{out}"
+    );
 
     // The JSON form says the same.
     let out = cli(&[
@@ -325,7 +445,8 @@ async fn verify_names_the_row_that_was_changed_removed_or_reordered() {
     .1;
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ok"], false);
-    assert_eq!(v["problems"][0]["seq"], 3);
+    assert_eq!(v["problems"][0]["seq"], 7);
+    assert_eq!(v["problems"][0]["batch"], b5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
