@@ -3,6 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// `Connection` first: [`strip_hop_by_hop`] reads its slot.
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -32,7 +33,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // `Connection: keep-alive` / `close` name no header; anything else it
     // lists is hop-by-hop too.
     let mut named: Vec<HeaderName> = Vec::new();
-    if present[0] {
+    let connection_present = present[0];
+    if connection_present {
         for value in headers.get_all(header::CONNECTION) {
             let Ok(value) = value.to_str() else { continue };
             for token in value.split(',').map(str::trim) {
