@@ -748,7 +748,10 @@ impl JwtAuth {
                 .map_err(|e| fail(VERIFY_FAILED, e.reason()))?;
             // Keys held in the credential itself (not a JWK set that may
             // rotate) let the next request with this token skip the check.
-            if matches!(conf.get("kind").and_then(Value::as_str), Some("hmac" | "public")) {
+            if matches!(
+                conf.get("kind").and_then(Value::as_str),
+                Some("hmac" | "public")
+            ) {
                 let leeway = time.leeway as f64;
                 let claim = |name: &str| token.payload.get(name).and_then(Value::as_f64);
                 verified::put(
