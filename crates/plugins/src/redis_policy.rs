@@ -13,6 +13,14 @@
 //!   connection routes each command by key slot and reconnects by itself.
 //! - Every check is one server-side Lua script (EVALSHA, loaded on first
 //!   use), so check-and-count is atomic across processes.
+//! - Counter keys are `portcullis:{<owner>:<plugin>:<settings hash>:<limit
+//!   key>}`. The braces are a Redis Cluster hash tag: every key a script
+//!   derives from its counter (the sliding window's per-window counters)
+//!   lands in the counter's slot, which a cluster requires of one script,
+//!   while different limit keys still spread over the slots. The hash
+//!   covers only what is counted (the plugin's own settings): gateways that
+//!   reach Redis differently (seed order, timeout, password, degradation)
+//!   share counters, and it is SHA-256, the same for every build.
 //! - Every call is bounded by `redis_timeout`. A failure (refused, timed
 //!   out, script error) fails open with `allow_degradation: true` — the
 //!   request passes, a warning is logged at most once a second per target
@@ -198,10 +206,59 @@ pub fn split<'v>(
         };
     let limiter = target.map(|target| RedisLimiter {
         target,
-        prefix: format!("portcullis:{state_key}:").into(),
+        prefix: counter_prefix(state_key, &own).into(),
         allow_degradation,
     });
     Ok((Cow::Owned(Value::Object(own)), limiter))
+}
+
+/// `portcullis:{<scope>:<hash>:`, closed by [`RedisLimiter::key`]. The
+/// scope is `state_key` (`<owner>:<plugin>:<hash of the raw config>`, or
+/// `group:<name>:...`) without its hash; the hash here covers the plugin's
+/// own settings only, `allow_degradation` excluded, so that what decides the
+/// counter is what is counted, not how Redis is reached.
+fn counter_prefix(state_key: &str, own: &serde_json::Map<String, Value>) -> String {
+    use sha2::{Digest, Sha256};
+    let scope = match state_key.rsplit_once(':') {
+        Some((scope, hash)) if !hash.is_empty() && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            scope
+        }
+        _ => state_key,
+    };
+    /// Canonical JSON: object keys sorted, so the order a config lists
+    /// them in does not matter.
+    fn feed(v: &Value, h: &mut Sha256) {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<_> = m.keys().collect();
+                keys.sort();
+                h.update(b"{");
+                for k in keys {
+                    feed(&Value::String(k.clone()), h);
+                    h.update(b":");
+                    feed(&m[k], h);
+                    h.update(b",");
+                }
+                h.update(b"}");
+            }
+            Value::Array(a) => {
+                h.update(b"[");
+                for x in a {
+                    feed(x, h);
+                    h.update(b",");
+                }
+                h.update(b"]");
+            }
+            other => h.update(other.to_string().as_bytes()),
+        }
+    }
+    let mut hasher = Sha256::new();
+    let mut counted = own.clone();
+    counted.remove("allow_degradation");
+    feed(&Value::Object(counted), &mut hasher);
+    let digest = hasher.finalize();
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("portcullis:{{{scope}:{hash}:")
 }
 
 fn timeout(conf: &RedisConf) -> Result<Duration, ConfigError> {
@@ -507,10 +564,13 @@ impl RedisLimiter {
             .then(|| Rejection::error_msg(StatusCode::SERVICE_UNAVAILABLE, msg))
     }
 
+    /// The counter key of a limit key: the whole of it inside the hash tag
+    /// the prefix opened, so the slot depends on the limit key too.
     pub fn key(&self, key: &str) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        let mut k = String::with_capacity(self.prefix.len() + key.len() + 1);
         k.push_str(&self.prefix);
         k.push_str(key);
+        k.push('}');
         k
     }
 }
@@ -636,9 +696,44 @@ mod tests {
             assert!(Arc::ptr_eq(&la.target, &lb.target));
             assert!(!Arc::ptr_eq(&la.target, &lc.target));
             assert!(lb.allow_degradation && !la.allow_degradation);
-            assert_eq!(la.key("ip:1"), "portcullis:a:ip:1");
+            let key = la.key("ip:1");
+            assert!(key.starts_with("portcullis:{a:"), "{key}");
+            assert!(key.ends_with(":ip:1}"), "{key}");
+            // allow_degradation does not change what is counted.
+            assert_eq!(lb.key("ip:1").replacen("{b:", "{a:", 1), key);
             assert!(!la.target.label().contains("s3cret"));
             assert_eq!(la.target.label(), "redis 127.0.0.1:6379/0");
+        });
+    }
+
+    #[test]
+    fn counters_depend_on_what_is_counted_not_on_how_redis_is_reached() {
+        with_ctx(|ctx| {
+            // As limit-count names its state: owner, plugin, raw config hash.
+            let prefix = |v: &Value| {
+                let state_key = format!("routes/1:limit-count:{:x}", config_hash(v));
+                split(v, ctx, &state_key).unwrap().1.unwrap().prefix
+            };
+            let base = json!({
+                "count": 5, "time_window": 60, "policy": "redis-cluster",
+                "redis_cluster_name": "c", "redis_cluster_nodes": ["127.0.0.1:7000", "127.0.0.1:7001"]
+            });
+            let reached_otherwise = json!({
+                "time_window": 60, "count": 5, "policy": "redis-cluster",
+                "redis_cluster_name": "other", "redis_cluster_nodes": ["127.0.0.1:7001", "127.0.0.1:7000"],
+                "redis_timeout": 50, "redis_password": "pw", "allow_degradation": true
+            });
+            let p = prefix(&base);
+            assert_eq!(p, prefix(&reached_otherwise));
+            assert!(p.starts_with("portcullis:{routes/1:limit-count:"), "{p}");
+            assert!(!prefix(&reached_otherwise).contains("pw"));
+            let mut counted_otherwise = base.clone();
+            counted_otherwise["count"] = json!(6);
+            assert_ne!(p, prefix(&counted_otherwise));
+            // A group keeps its name in the key.
+            let own = serde_json::Map::new();
+            assert!(counter_prefix("group:g:limit-count:ab12", &own)
+                .starts_with("portcullis:{group:g:limit-count:"));
         });
     }
 

@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod otlp;
 pub mod redis;
+pub mod redis_cluster;
 pub mod upstream;
 
 pub use client::{request, Response};

@@ -13,7 +13,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-fn binary() -> PathBuf {
+/// The `redis-server` on PATH; panics with how to get one.
+pub(crate) fn binary() -> PathBuf {
     let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
