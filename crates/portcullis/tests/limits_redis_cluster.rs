@@ -243,8 +243,15 @@ async fn limit_req_on_redis_cluster_admits_at_the_configured_rate() {
         rejected > admitted,
         "the clients asked for more than the rate"
     );
+    // Never above the rate; a little below it, since a request that
+    // arrives after the bucket has drained is admitted late by however
+    // long the clients took to ask again.
     assert!(
-        (admitted as f64 - expected).abs() <= 3.0,
+        admitted as f64 <= expected + 1.0,
+        "{admitted} admitted, expected {expected:.1}"
+    );
+    assert!(
+        admitted as f64 >= expected * 0.85,
         "{admitted} admitted, expected {expected:.1}"
     );
 }
