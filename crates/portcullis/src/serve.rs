@@ -156,6 +156,9 @@ pub fn run_loaded(file: ConfigFile, path: Option<std::path::PathBuf>) -> anyhow:
     }
     // Spans of the last requests are still queued for the collector.
     portcullis_telemetry::trace::flush(std::time::Duration::from_secs(5));
+    // The access log and file-logger writers gather a burst for LINGER
+    // before writing: give the last one time to reach its file.
+    std::thread::sleep(portcullis_telemetry::sink::line::LINGER * 3);
     tracing::info!("stopped");
     Ok(())
 }

@@ -94,7 +94,7 @@ pub fn file(name: &str, path: impl Into<PathBuf>, capacity: usize) -> std::io::R
 }
 
 /// How long the writer gathers records after the first of a burst.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn write_loop(
     mut rx: tokio::sync::mpsc::Receiver<Bytes>,
