@@ -27,7 +27,7 @@ use super::{
     Target,
 };
 use crate::approvals::{author, hold_in_etcd};
-use crate::{patch, references, Admin, Ctx, Reply};
+use crate::{patch, Admin, Ctx, Reply};
 
 /// How often a write is tried again when another node wrote first.
 const ATTEMPTS: usize = 5;
@@ -292,24 +292,7 @@ async fn delete(admin: &Admin, etcd: &EtcdStore, ctx: &Ctx, t: &Target) -> Resul
         }
         let (before, guard) = view(etcd)?;
         let mut candidate = before.clone();
-        if ctx.query.get("force").map(String::as_str) != Some("true") {
-            if let Some(msg) = references::still_used(&candidate, t.kind, &id) {
-                return Err(Reply::error(400, msg));
-            }
-        }
-        candidate.remove(t.kind, &id);
-        if t.kind == Kind::Consumers {
-            let prefix = format!("{id}/");
-            let creds: Vec<String> = candidate
-                .of(Kind::Credentials)
-                .iter()
-                .filter(|c| c.id.starts_with(&prefix))
-                .map(|c| c.id.clone())
-                .collect();
-            for c in creds {
-                candidate.remove(Kind::Credentials, &c);
-            }
-        }
+        crate::resources::remove_for_delete(&mut candidate, ctx, t.kind, &id)?;
         let snapshot = prepare(&admin.live, candidate, t.kind, &id)?;
         if let Some(held) =
             hold_in_etcd(etcd, ctx, t.kind, &id, None, None, &before, &snapshot.raw).await

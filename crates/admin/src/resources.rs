@@ -659,24 +659,22 @@ async fn patch(admin: &Admin, ctx: &Ctx, t: &Target, body: &Bytes) -> Result<Rep
     commit(admin, store, ctx, t.kind, &id, value, ttl)
 }
 
-async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {
-    let store = writable(admin)?;
-    let own =
-        t.id.clone()
-            .ok_or_else(|| Reply::error(400, format!("missing {} id", label(t.kind))))?;
-    let id = t.full_id(&own);
-    let _one_writer = admin.write_lock.lock().await;
-    if store.get(t.kind, &id).map_err(internal)?.is_none() {
-        return Err(Reply::not_found());
-    }
-    let mut candidate = served(&admin.live);
+/// A DELETE's change to the candidate config, in every mode: refused while
+/// something still uses the resource (unless `?force=true`), and a
+/// consumer takes its credentials with it.
+pub(crate) fn remove_for_delete(
+    candidate: &mut RawConfig,
+    ctx: &Ctx,
+    kind: Kind,
+    id: &str,
+) -> Result<(), Reply> {
     if ctx.query.get("force").map(String::as_str) != Some("true") {
-        if let Some(msg) = references::still_used(&candidate, t.kind, &id) {
+        if let Some(msg) = references::still_used(candidate, kind, id) {
             return Err(Reply::error(400, msg));
         }
     }
-    candidate.remove(t.kind, &id);
-    if t.kind == Kind::Consumers {
+    candidate.remove(kind, id);
+    if kind == Kind::Consumers {
         let prefix = format!("{id}/");
         let creds: Vec<String> = candidate
             .of(Kind::Credentials)
@@ -688,6 +686,21 @@ async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {
             candidate.remove(Kind::Credentials, &c);
         }
     }
+    Ok(())
+}
+
+async fn delete(admin: &Admin, ctx: &Ctx, t: &Target) -> Result<Reply, Reply> {
+    let store = writable(admin)?;
+    let own =
+        t.id.clone()
+            .ok_or_else(|| Reply::error(400, format!("missing {} id", label(t.kind))))?;
+    let id = t.full_id(&own);
+    let _one_writer = admin.write_lock.lock().await;
+    if store.get(t.kind, &id).map_err(internal)?.is_none() {
+        return Err(Reply::not_found());
+    }
+    let mut candidate = served(&admin.live);
+    remove_for_delete(&mut candidate, ctx, t.kind, &id)?;
     let snapshot = prepare(&admin.live, candidate, t.kind, &id)?;
     if let Some(held) =
         crate::approvals::hold(admin, store, ctx, t.kind, &id, None, None, &snapshot.raw)
