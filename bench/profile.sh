@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by callgrind: a scenario of
+# bench/compare.sh and its portcullis baseline, one after the other, each
+# answering the same number of keep-alive requests from one curl. See
+# docs/benchmarks.md ("Instructions per request").
+#
+#   bench/profile.sh [--scenario S] [--requests N] [--top K] [--no-build]
+#                    [--bin PATH] [--keep]
+#
+# Counts are of user-space instructions in every portcullis thread (workers,
+# audit and log writers), not seconds: the same build and inputs give the
+# same count whatever else the machine does, so this tells a 3% change apart
+# where wall-clock benchmarks on a shared machine cannot. The kernel's share
+# (loopback TCP, about 60% of a proxied request's CPU) is not counted, so the
+# ratios here overstate a plugin's share of a real request's CPU. Builds the
+# `profiling` profile (thin LTO, line tables) unless --bin is given.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$ROOT/bench"
+BENCH_NAME=profile.sh
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
+
+scenario=bare requests=2000 top=25 build=1 bin=
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scenario) scenario=$2; shift 2 ;;
+    --requests) requests=$2; shift 2 ;;
+    --top) top=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --bin) bin=$2; build=0; shift 2 ;;
+    --keep) keep=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "$BENCH_NAME: unknown argument $1" >&2; usage 2 ;;
+  esac
+done
+baseline=$(python3 "$BENCH/gen.py" baseline - --work . --port 0 --scenario "$scenario" 2>/dev/null) ||
+  die "unknown scenario $scenario (see bench/compare.sh --help)"
+
+install_missing nginx:nginx-light valgrind:valgrind curl:curl redis-server:redis-server
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+BIN=${bin:-$(target_dir "$ROOT")/profiling/portcullis}
+if [ "$build" -eq 1 ]; then
+  say "cargo build --profile profiling -p portcullis"
+  (cd "$ROOT" && cargo build --profile profiling -p portcullis)
+fi
+[ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
+
+make_work_dir
+read -r up_port redis_port <<<"$(free_ports 2)"
+path=/bench/item
+eval "client_args=($(python3 "$BENCH/gen.py" client - --work "$work" --port 0 --scenario "$scenario"))"
+curl_args=()
+if [ -f "$work/post.json" ]; then
+  curl_args=(-X POST -H 'Content-Type: application/json' --data-binary "@$work/post.json")
+else
+  for ((i = 0; i < ${#client_args[@]}; i += 2)); do curl_args+=("${client_args[i]}" "${client_args[i + 1]}"); done
+fi
+
+python3 "$BENCH/gen.py" upstream "$work/upstream.conf" --work "$work" --port "$up_port"
+start_pinned 1 upstream -- "$NGINX" -p "$work" -c "$work/upstream.conf" -e "$work/upstream.error.log"
+wait_port "$up_port" "$started_pid" upstream
+if [ "$scenario" = limit-count-redis ]; then
+  start_pinned 1 redis -- redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no
+  wait_port "$redis_port" "$started_pid" redis
+fi
+
+# curl_many N PORT — N requests on one keep-alive connection; prints how
+# many were answered 200.
+curl_many() {
+  local n=$1 port=$2 urls=()
+  for ((i = 0; i < n; i++)); do urls+=("http://127.0.0.1:$port$path"); done
+  curl -s -o /dev/null -w '%{http_code}\n' "${curl_args[@]}" "${urls[@]}" | grep -c '^200$' || true
+}
+
+# measure NAME SCENARIO — instructions per request of portcullis on SCENARIO.
+declare -A per_request
+measure() {
+  local name=$1 s=$2 port admin metrics pid ok total
+  read -r port admin metrics <<<"$(free_ports 3)"
+  python3 "$BENCH/gen.py" portcullis "$work/$name.yaml" --work "$work" --port "$port" \
+    --upstream "$up_port" --admin "$admin" --metrics "$metrics" --redis "$redis_port" --scenario "$s"
+  say "$name: portcullis under callgrind on :$port (scenario $s)"
+  start_pinned 0 "$name" -- valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$work/callgrind.$name" "$BIN" serve --config "$work/$name.yaml"
+  pid=$started_pid
+  wait_port "$port" "$pid" "$name"
+  callgrind_control -i on "$pid" >/dev/null
+  ok=$(curl_many 200 "$port")
+  [ "$ok" = 200 ] || die "$name answered $ok of 200 warm-up requests with 200; see $work/$name.out (--keep)"
+  sleep 0.5
+  callgrind_control -z "$pid" >/dev/null
+  ok=$(curl_many "$requests" "$port")
+  [ "$ok" = "$requests" ] || die "$name answered $ok of $requests requests with 200"
+  # Give the batching writers (audit, logs) their gathering time, so the
+  # records of these requests are written inside the measured window.
+  sleep 0.5
+  callgrind_control -d "$pid" >/dev/null
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  total=0
+  for f in "$work/callgrind.$name".*; do
+    [ -f "$f" ] || continue
+    total=$((total + $(awk '/^summary:/ {print $2}' "$f")))
+  done
+  per_request[$name]=$((total / requests))
+  say "$name: $((total / requests)) instructions per request"
+}
+
+measure "$scenario" "$scenario"
+if [ -n "$baseline" ]; then measure "$baseline" "$baseline"; fi
+
+echo
+echo "scenario $scenario, $requests requests on one keep-alive connection"
+printf '%-20s %14s\n' portcullis instr/request
+printf '%-20s %14s\n' "$scenario" "${per_request[$scenario]}"
+if [ -n "$baseline" ]; then
+  printf '%-20s %14s\n' "$baseline" "${per_request[$baseline]}"
+  python3 -c 'import sys; s, b, x, y = sys.argv[1:]; x, y = int(x), int(y); print(f"ratio {s}/{b}: {x / y:.3f}x ({x - y:+d} instructions per request)")' \
+    "$scenario" "$baseline" "${per_request[$scenario]}" "${per_request[$baseline]}"
+fi
+echo
+echo "top $top functions of $scenario, inclusive, over $requests requests:"
+dump=$(ls "$work/callgrind.$scenario".* | head -n1)
+callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n "1,$((top + 25))p" | grep -v '^--' | tail -n +20 | head -n "$top"
