@@ -284,27 +284,31 @@ impl Audit {
         let mut last_sweep = Instant::now() - Duration::from_secs(1);
         let mut last_retention = Instant::now() - Duration::from_secs(3600);
         let mut last_profiles = Instant::now();
+        // Set when the last batch filled up: the queue holds more, so take
+        // it at once instead of gathering again.
+        let mut backlog = false;
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            let first = match backlog.then(|| rx.try_recv().ok()).flatten() {
+                Some(row) => Ok(row),
+                None => rx.recv_timeout(Duration::from_millis(100)),
+            };
+            match first {
                 Ok(row) => {
                     batch.push(row);
-                    let deadline = Instant::now() + linger;
+                    // Gather by sleeping, not by waiting in recv: a writer
+                    // parked in recv is woken (a futex call and a context
+                    // switch on a worker's core) by every record sent, one
+                    // sleeping is not woken at all.
+                    if !backlog {
+                        std::thread::sleep(linger);
+                    }
                     while batch.len() < batch_max {
                         match rx.try_recv() {
                             Ok(row) => batch.push(row),
-                            Err(_) => {
-                                let left = deadline.saturating_duration_since(Instant::now());
-                                if left.is_zero() {
-                                    break;
-                                }
-                                match rx.recv_timeout(left.min(Duration::from_millis(5))) {
-                                    Ok(row) => batch.push(row),
-                                    Err(RecvTimeoutError::Timeout) => continue,
-                                    Err(RecvTimeoutError::Disconnected) => break,
-                                }
-                            }
+                            Err(_) => break,
                         }
                     }
+                    backlog = batch.len() == batch_max;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
