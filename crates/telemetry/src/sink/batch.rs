@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::line::LINGER;
 use super::RecordSink;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,20 +154,35 @@ async fn run<T: Transport>(
             Some(first) => batch.push(first),
             None => break,
         }
+        // Gather in slices of LINGER: sleep, then take what queued meanwhile.
+        // Waiting in recv instead would wake this task, on another thread,
+        // for every record (a futex call and a context switch on the worker
+        // that sent it). So inactivity is seen LINGER late at most.
         let started = Instant::now();
         let mut last = started;
         while batch.len() < opts.batch_max_size {
             let deadline = (last + inactive).min(started + max_age);
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(entry)) => {
-                    batch.push(entry);
-                    last = Instant::now();
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep_until(deadline.min(now + LINGER)).await;
+            let before = batch.len();
+            while batch.len() < opts.batch_max_size {
+                match rx.try_recv() {
+                    Ok(entry) => batch.push(entry),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
-                Ok(None) => {
-                    open = false;
-                    break;
-                }
-                Err(_) => break,
+            }
+            if !open {
+                break;
+            }
+            if batch.len() > before {
+                last = Instant::now();
             }
         }
         deliver(&name, &opts, &mut transport, &batch, &sent, &failed).await;

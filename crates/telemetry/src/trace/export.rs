@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use super::span::SpanRecord;
 use super::SINK_NAME;
 use crate::settings::{OtlpProtocol, TracingSettings};
+use crate::sink::line::LINGER;
 
 /// Flush requests: each carries the channel its answer goes back on.
 static FLUSH: OnceLock<mpsc::UnboundedSender<std::sync::mpsc::SyncSender<()>>> = OnceLock::new();
@@ -180,12 +181,31 @@ async fn run(
         }
         // Fill the batch until it is full or the first span has waited long enough.
         let deadline = Instant::now() + delay;
+        // In slices of LINGER, taking what queued meanwhile: waiting in
+        // recv would wake this thread for every span (a futex call and a
+        // context switch on the worker that sent it).
         while flush_done.is_none() && batch.len() < max {
-            let room = max - batch.len();
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
             tokio::select! {
-                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(deadline.min(now + LINGER)) => {}
                 Some(done) = flush_rx.recv() => flush_done = Some(done),
+            }
+            let mut closed = false;
+            while batch.len() < max {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if closed {
+                break;
             }
         }
         out.export(&mut batch).await;
