@@ -93,7 +93,7 @@ fn consumer_conf(conf: &Value) -> Result<CredentialConf, ConfigError> {
                 "key",
                 format!(
                     "property \"key\" validation failed: wrong type: expected string, got {}",
-                    json_type(other)
+                    crate::auth_common::json_type(other)
                 ),
             ))
         }
@@ -116,27 +116,21 @@ fn consumer_conf(conf: &Value) -> Result<CredentialConf, ConfigError> {
     })
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 /// Hex SHA-256, the form keys are indexed and looked up by.
 pub(crate) fn digest(key: &[u8]) -> String {
+    let mut hex = [0u8; 64];
+    digest_hex(key, &mut hex).to_string()
+}
+
+/// [`digest`] into `out`, without allocating: what each request pays.
+fn digest_hex<'o>(key: &[u8], out: &'o mut [u8; 64]) -> &'o str {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let sum = Sha256::digest(key);
-    let mut out = String::with_capacity(64);
-    for b in sum {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 0xf)] as char);
+    for (pair, b) in out.chunks_exact_mut(2).zip(Sha256::digest(key)) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
-    out
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 struct KeyAuth {
@@ -159,18 +153,7 @@ fn build(conf: &Value, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigErr
     if query.is_empty() {
         return Err(ConfigError::new("query", "must not be empty"));
     }
-    let realm_ok = !conf.realm.is_empty()
-        && conf.realm.len() <= 128
-        && conf
-            .realm
-            .bytes()
-            .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
-    if !realm_ok {
-        return Err(ConfigError::new(
-            "realm",
-            "must be 1 to 128 printable ASCII characters without '\"' or '\\'",
-        ));
-    }
+    crate::auth_common::check_realm(&conf.realm)?;
     let www_authenticate = HeaderValue::from_str(&format!("apikey realm=\"{}\"", conf.realm))
         .map_err(|_| ConfigError::new("realm", "not usable in a header"))?;
     if conf.anonymous_consumer.as_deref() == Some("") {
@@ -312,15 +295,16 @@ impl Plugin for KeyAuth {
     }
 
     fn on_request(&self, req: &mut RequestState) -> Flow {
+        let mut hex = [0u8; 64];
         let lookup = match self.presented(req) {
             Presented::None => return self.unauthenticated(req, MISSING, "missing API key"),
             Presented::Conflicting => {
                 return self.unauthenticated(req, INVALID, "conflicting API keys")
             }
-            Presented::One(key) => digest(&key),
+            Presented::One(key) => digest_hex(&key, &mut hex),
         };
         // The index comes with the request, from the snapshot serving it.
-        let Some(found) = req.consumers.lookup(NAME, &lookup) else {
+        let Some(found) = req.consumers.lookup(NAME, lookup) else {
             return self.unauthenticated(req, INVALID, "invalid API key");
         };
         let (consumer, credential_id) = (found.consumer.clone(), found.credential_id.clone());
