@@ -37,28 +37,18 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'admin_latency.sh: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=admin_latency.sh
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
 
-# --- tools ----------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v taskset >/dev/null 2>&1 || need+=(util-linux)
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update
-  "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
-fi
+install_missing nginx:nginx-light taskset:util-linux
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
 cpus=$(nproc)
 pin_gw=() pin_load=()
 if [ "$cpus" -ge 2 ] && [ "$pin" -eq 1 ]; then pin_gw=(taskset -c 0) pin_load=(taskset -c 1); fi
 
-target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")
+target_dir=$(target_dir "$ROOT")
 BIN=${bin:-$target_dir/release/portcullis}
 if [ "$build" -eq 1 ]; then
   say "cargo build --release -p portcullis (fat LTO: a few minutes on 2 cores)"
@@ -66,41 +56,8 @@ if [ "$build" -eq 1 ]; then
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
 
-# --- processes and clean-up -------------------------------------------------------
-work=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-admin-bench.XXXXXX")
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  if [ "$keep" -eq 1 ]; then say "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { # wait_port PORT PID NAME LOG
-  local i
-  for i in $(seq 1 1200); do
-    port_open "$1" && return 0
-    kill -0 "$2" 2>/dev/null || { cat "$4" >&2 || true; die "$3 exited during start-up"; }
-    sleep 0.05
-  done
-  die "$3 did not listen on :$1 within 60 s"
-}
+# --- processes and clean-up (lib.sh: stopped on exit, $work removed unless --keep)
+make_work_dir
 now_ms() { python3 -c 'import time; print(int(time.time()*1000))'; }
 
 read -r up_port pc_port pc_admin pc_metrics <<<"$(free_ports 4)"
@@ -112,7 +69,7 @@ python3 "$BENCH/gen.py" upstream "$work/upstream.conf" --work "$work" --port "$u
 say "upstream nginx on :$up_port"
 "${pin_load[@]}" "$NGINX" -p "$work" -c "$work/upstream.conf" -e "$work/upstream.error.log" >"$work/upstream.out" 2>&1 &
 pids+=("$!")
-wait_port "$up_port" "$!" "upstream nginx" "$work/upstream.out"
+wait_port "$up_port" "$!" upstream
 
 # --- store with N routes ------------------------------------------------------------
 cat >"$work/portcullis.yaml" <<EOF
@@ -141,8 +98,8 @@ say "portcullis serve (store mode, $routes routes)"
 t0=$(now_ms)
 "${pin_gw[@]}" "$BIN" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>&1 &
 pc_pid=$!; pids+=("$pc_pid")
-wait_port "$pc_admin" "$pc_pid" "portcullis" "$work/portcullis.out"
-wait_port "$pc_port" "$pc_pid" "portcullis" "$work/portcullis.out"
+wait_port "$pc_admin" "$pc_pid" portcullis
+wait_port "$pc_port" "$pc_pid" portcullis
 startup_ms=$(( $(now_ms) - t0 ))
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$pc_port/r$((routes - 1))/x" || true)
 [ "$code" = 200 ] || die "the last imported route answered $code (want 200); logs in $work (use --keep)"

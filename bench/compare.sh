@@ -39,33 +39,20 @@ baseline=$(python3 "$BENCH/gen.py" baseline - --work . --port 0 --scenario "$sce
   echo "compare.sh: unknown scenario $scenario (see --help)" >&2; exit 2
 }
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
+BENCH_NAME=compare.sh
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
 
-# --- tools --------------------------------------------------------------------
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v taskset >/dev/null 2>&1 || need+=(util-linux)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-if [ "$scenario" = limit-count-redis ]; then
-  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-fi
-if [ ${#need[@]} -gt 0 ]; then
-  say "installing ${need[*]}"
-  sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
-  export DEBIAN_FRONTEND=noninteractive
-  "${sudo[@]}" apt-get update
-  "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
-fi
+tools=(nginx:nginx-light wrk:wrk taskset:util-linux openssl:openssl)
+[ "$scenario" != limit-count-redis ] || tools+=(redis-server:redis-server)
+install_missing "${tools[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
 cpus=$(nproc)
 [ "$cpus" -ge 2 ] || die "needs at least 2 CPUs (proxies on CPU 0, upstream and wrk on CPU 1)"
 
 # --- portcullis -----------------------------------------------------------------
-target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")
+target_dir=$(target_dir "$ROOT")
 BIN=${bin:-$target_dir/release/portcullis}
 if [ "$build" -eq 1 ]; then
   say "cargo build --release -p portcullis (fat LTO: a few minutes on 2 cores)"
@@ -73,53 +60,8 @@ if [ "$build" -eq 1 ]; then
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
 
-# --- processes and clean-up -------------------------------------------------------
-work=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  if [ "$keep" -eq 1 ]; then say "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { # wait_port PORT PID NAME LOG
-  local i
-  for i in $(seq 1 600); do
-    port_open "$1" && return 0
-    kill -0 "$2" 2>/dev/null || { cat "$4" >&2 || true; die "$3 exited during start-up"; }
-    sleep 0.1
-  done
-  die "$3 did not listen on :$1 within 60 s"
-}
-# CPU ticks (utime+stime) of a process and its children (nginx: master + worker).
-cpu_ticks() {
-  local total=0 p f
-  for p in "$@"; do
-    f=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-    set -- $f
-    total=$((total + ${12} + ${13}))
-  done
-  echo "$total"
-}
-tree() { echo "$1" $(pgrep -P "$1" || true); }
-vmhwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+# --- processes and clean-up (lib.sh: stopped on exit, $work removed unless --keep)
+make_work_dir
 
 # --- start everything ----------------------------------------------------------
 read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics a_port a_admin a_metrics redis_port <<<"$(free_ports 12)"
@@ -135,10 +77,9 @@ fi
 
 if [ "$scenario" = limit-count-redis ]; then
   say "redis on :$redis_port (CPU 1)"
-  taskset -c 1 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    >"$work/redis.out" 2>&1 &
-  redis_pid=$!; pids+=("$redis_pid")
-  wait_port "$redis_port" "$redis_pid" "redis-server" "$work/redis.out"
+  start_pinned 1 "redis" -- redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no
+  redis_pid=$started_pid
+  wait_port "$redis_port" "$redis_pid" "redis"
 fi
 
 gen_portcullis() { # gen_portcullis OUT PORT ADMIN METRICS SCENARIO
@@ -150,19 +91,19 @@ python3 "$BENCH/gen.py" nginx "$work/nginx.conf" --work "$work" --port "$ng_port
 gen_portcullis "$work/portcullis.yaml" "$pc_port" "$pc_admin" "$pc_metrics" "$scenario"
 
 say "upstream nginx on :$up_port (CPU 1)"
-taskset -c 1 "$NGINX" -p "$work" -c "$work/upstream.conf" -e "$work/upstream.error.log" >"$work/upstream.out" 2>&1 &
-up_pid=$!; pids+=("$up_pid")
-wait_port "$up_port" "$up_pid" "upstream nginx" "$work/upstream.out"
+start_pinned 1 "upstream" -- "$NGINX" -p "$work" -c "$work/upstream.conf" -e "$work/upstream.error.log"
+up_pid=$started_pid
+wait_port "$up_port" "$up_pid" "upstream"
 
 say "nginx proxy on :$ng_port (CPU 0)"
-taskset -c 0 "$NGINX" -p "$work" -c "$work/nginx.conf" -e "$work/nginx.error.log" >"$work/nginx.out" 2>&1 &
-ng_pid=$!; pids+=("$ng_pid")
-wait_port "$ng_port" "$ng_pid" "nginx proxy" "$work/nginx.out"
+start_pinned 0 "nginx" -- "$NGINX" -p "$work" -c "$work/nginx.conf" -e "$work/nginx.error.log"
+ng_pid=$started_pid
+wait_port "$ng_port" "$ng_pid" "nginx"
 
 say "portcullis on :$pc_port (CPU 0, scenario $scenario)"
-taskset -c 0 "$BIN" serve --config "$work/portcullis.yaml" >"$work/portcullis.out" 2>&1 &
-pc_pid=$!; pids+=("$pc_pid")
-wait_port "$pc_port" "$pc_pid" "portcullis" "$work/portcullis.out"
+start_pinned 0 "portcullis" -- "$BIN" serve --config "$work/portcullis.yaml"
+pc_pid=$started_pid
+wait_port "$pc_port" "$pc_pid" "portcullis"
 
 targets=(nginx portcullis)
 declare -A port_of=([nginx]=$ng_port [portcullis]=$pc_port)
@@ -171,9 +112,9 @@ if [ -n "$baseline" ]; then
   b=portcullis-$baseline
   gen_portcullis "$work/$b.yaml" "$b_port" "$b_admin" "$b_metrics" "$baseline"
   say "$b (baseline) on :$b_port (CPU 0)"
-  taskset -c 0 "$BIN" serve --config "$work/$b.yaml" >"$work/$b.out" 2>&1 &
-  b_pid=$!; pids+=("$b_pid")
-  wait_port "$b_port" "$b_pid" "$b" "$work/$b.out"
+  start_pinned 0 "$b" -- "$BIN" serve --config "$work/$b.yaml"
+  b_pid=$started_pid
+  wait_port "$b_port" "$b_pid" "$b"
   targets+=("$b")
   port_of[$b]=$b_port
   pid_of[$b]=$b_pid
@@ -184,9 +125,9 @@ if [ -n "$alt_bin" ]; then
   [ -x "$alt_bin" ] || die "--alt-bin $alt_bin is not an executable"
   gen_portcullis "$work/portcullis-alt.yaml" "$a_port" "$a_admin" "$a_metrics" "$scenario"
   say "portcullis-alt ($alt_bin) on :$a_port (CPU 0)"
-  taskset -c 0 "$alt_bin" serve --config "$work/portcullis-alt.yaml" >"$work/portcullis-alt.out" 2>&1 &
-  a_pid=$!; pids+=("$a_pid")
-  wait_port "$a_port" "$a_pid" "portcullis-alt" "$work/portcullis-alt.out"
+  start_pinned 0 "portcullis-alt" -- "$alt_bin" serve --config "$work/portcullis-alt.yaml"
+  a_pid=$started_pid
+  wait_port "$a_port" "$a_pid" "portcullis-alt"
   targets+=(portcullis-alt)
   port_of[portcullis-alt]=$a_port
   pid_of[portcullis-alt]=$a_pid
