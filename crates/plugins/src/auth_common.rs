@@ -2,11 +2,12 @@
 //! consumer to the request and tell the upstream, through headers it can
 //! trust, as APISIX 3 does (`X-Consumer-Username`, `X-Credential-Identifier`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode};
 use portcullis_core::consumer::Identity;
-use portcullis_core::{ConfigError, Consumer, Decision, RequestState};
+use portcullis_core::{ConfigError, Consumer, Decision, Flow, Rejection, RequestState};
 
 pub(crate) const CONSUMER_HEADER: HeaderName = HeaderName::from_static("x-consumer-username");
 pub(crate) const CREDENTIAL_HEADER: HeaderName = HeaderName::from_static("x-credential-identifier");
@@ -37,6 +38,50 @@ pub(crate) fn attach_identity(
         authenticated_by: plugin,
     });
     req.decisions.push(Decision::allow(plugin));
+}
+
+/// APISIX's answer when a route's `anonymous_consumer` names no consumer.
+pub(crate) const ANONYMOUS_MISSING: &str = "Invalid user authorization";
+
+/// 401 `{"message": ...}` with the plugin's `WWW-Authenticate` challenge;
+/// `reason` (never a secret) goes to the decision record.
+pub(crate) fn unauthorized(
+    req: &mut RequestState,
+    plugin: &'static str,
+    message: &'static str,
+    reason: impl Into<Cow<'static, str>>,
+    challenge: &HeaderValue,
+) -> Flow {
+    req.decisions.push(Decision::reject(plugin, reason));
+    Flow::Respond(
+        Rejection::message(StatusCode::UNAUTHORIZED, message)
+            .with_header(http::header::WWW_AUTHENTICATE, challenge.clone()),
+    )
+}
+
+/// The request brought no usable credential and the route names an
+/// anonymous consumer: attribute the request to it (after `hide` removed
+/// whatever credential was sent, when the plugin hides credentials), or
+/// 401 when no such consumer exists.
+pub(crate) fn attach_anonymous(
+    req: &mut RequestState,
+    plugin: &'static str,
+    anonymous: &str,
+    challenge: &HeaderValue,
+    hide: impl FnOnce(&mut RequestState),
+) -> Flow {
+    let Some(consumer) = req.consumers.consumer(anonymous).cloned() else {
+        return unauthorized(
+            req,
+            plugin,
+            ANONYMOUS_MISSING,
+            "anonymous consumer not found",
+            challenge,
+        );
+    };
+    hide(req);
+    attach_identity(req, plugin, consumer, None);
+    Flow::Continue
 }
 
 /// APISIX's realm rule (`schema_def.get_realm_schema`): 1 to 128 printable

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use http::{HeaderValue, StatusCode};
-use portcullis_core::{ConfigError, Decision, Flow, Phase, Plugin, Rejection, RequestState};
+use http::HeaderValue;
+use portcullis_core::{ConfigError, Flow, Phase, Plugin, RequestState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -243,13 +243,7 @@ impl BasicAuth {
     }
 
     fn reject(&self, req: &mut RequestState, message: &'static str, reason: &'static str) -> Flow {
-        req.decisions.push(Decision::reject(NAME, reason));
-        Flow::Respond(
-            Rejection::message(StatusCode::UNAUTHORIZED, message).with_header(
-                http::header::WWW_AUTHENTICATE,
-                self.www_authenticate.clone(),
-            ),
-        )
+        crate::auth_common::unauthorized(req, NAME, message, reason, &self.www_authenticate)
     }
 }
 
@@ -271,14 +265,12 @@ impl Plugin for BasicAuth {
         let Some(anonymous) = &self.anonymous_consumer else {
             return self.reject(req, failure.message, failure.reason);
         };
-        let Some(consumer) = req.consumers.consumer(anonymous).cloned() else {
-            return self.reject(req, INVALID_USER, "anonymous consumer not found");
+        let hide = |req: &mut RequestState| {
+            if self.hide_credentials {
+                req.head.headers.remove(http::header::AUTHORIZATION);
+            }
         };
-        if self.hide_credentials {
-            req.head.headers.remove(http::header::AUTHORIZATION);
-        }
-        attach_identity(req, NAME, consumer, None);
-        Flow::Continue
+        crate::auth_common::attach_anonymous(req, NAME, anonymous, &self.www_authenticate, hide)
     }
 }
 
@@ -287,6 +279,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use portcullis_core::{Consumer, Outcome};
+
+    use http::StatusCode;
 
     use super::*;
     use crate::consumers::{AddCredentials, ConsumerIndex, CredentialSource};

@@ -37,9 +37,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::Engine;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
-use portcullis_core::{ConfigError, Decision, Flow, Phase, Plugin, Rejection, RequestState};
+use portcullis_core::{ConfigError, Flow, Phase, Plugin, RequestState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -70,7 +70,6 @@ const INVALID_TOKEN: &str = "JWT token invalid";
 const MISSING_KEY: &str = "missing user key in JWT token";
 const INVALID_KEY: &str = "Invalid user key in JWT token";
 const VERIFY_FAILED: &str = "failed to verify jwt";
-const ANONYMOUS_MISSING: &str = "Invalid user authorization";
 
 const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::RS256,
@@ -782,13 +781,7 @@ impl JwtAuth {
         message: &'static str,
         reason: Cow<'static, str>,
     ) -> Flow {
-        req.decisions.push(Decision::reject(NAME, reason));
-        Flow::Respond(
-            Rejection::message(StatusCode::UNAUTHORIZED, message).with_header(
-                http::header::WWW_AUTHENTICATE,
-                self.www_authenticate.clone(),
-            ),
-        )
+        crate::auth_common::unauthorized(req, NAME, message, reason, &self.www_authenticate)
     }
 }
 
@@ -810,20 +803,14 @@ impl Plugin for JwtAuth {
         let Some(anonymous) = &self.anonymous_consumer else {
             return self.reject(req, failure.message, failure.reason);
         };
-        let Some(consumer) = req.consumers.consumer(anonymous).cloned() else {
-            return self.reject(
-                req,
-                ANONYMOUS_MISSING,
-                "anonymous consumer not found".into(),
-            );
-        };
-        if self.hide_credentials {
-            if let Some((_, source)) = self.token(req) {
-                self.hide(req, source);
+        let hide = |req: &mut RequestState| {
+            if self.hide_credentials {
+                if let Some((_, source)) = self.token(req) {
+                    self.hide(req, source);
+                }
             }
-        }
-        attach_identity(req, NAME, consumer, None);
-        Flow::Continue
+        };
+        crate::auth_common::attach_anonymous(req, NAME, anonymous, &self.www_authenticate, hide)
     }
 }
 

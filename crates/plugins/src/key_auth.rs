@@ -12,11 +12,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue};
 use portcullis_core::request::percent_decode;
-use portcullis_core::{
-    ConfigError, Consumer, Decision, Flow, Phase, Plugin, Rejection, RequestState,
-};
+use portcullis_core::{ConfigError, Flow, Phase, Plugin, RequestState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -45,7 +43,6 @@ const DIGEST_PREFIX: &str = "sha256:";
 
 const MISSING: &str = "Missing API key in request";
 const INVALID: &str = "Invalid API key in request";
-const ANONYMOUS_MISSING: &str = "Invalid user authorization";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -241,23 +238,7 @@ impl KeyAuth {
     }
 
     fn reject(&self, req: &mut RequestState, message: &'static str, reason: &'static str) -> Flow {
-        req.decisions.push(Decision::reject(NAME, reason));
-        Flow::Respond(
-            Rejection::message(StatusCode::UNAUTHORIZED, message).with_header(
-                http::header::WWW_AUTHENTICATE,
-                self.www_authenticate.clone(),
-            ),
-        )
-    }
-
-    fn attach(
-        &self,
-        req: &mut RequestState,
-        consumer: Arc<Consumer>,
-        credential_id: Option<Arc<str>>,
-    ) -> Flow {
-        crate::auth_common::attach_identity(req, NAME, consumer, credential_id);
-        Flow::Continue
+        crate::auth_common::unauthorized(req, NAME, message, reason, &self.www_authenticate)
     }
 
     /// No usable key: the anonymous consumer when configured, else 401.
@@ -270,16 +251,12 @@ impl KeyAuth {
         let Some(anonymous) = &self.anonymous_consumer else {
             return self.reject(req, message, reason);
         };
-        if self.hide_credentials {
-            self.strip_credentials(req);
-        }
-        match req.consumers.consumer(anonymous) {
-            Some(consumer) => {
-                let consumer = consumer.clone();
-                self.attach(req, consumer, None)
+        let hide = |req: &mut RequestState| {
+            if self.hide_credentials {
+                self.strip_credentials(req);
             }
-            None => self.reject(req, ANONYMOUS_MISSING, "anonymous consumer not found"),
-        }
+        };
+        crate::auth_common::attach_anonymous(req, NAME, anonymous, &self.www_authenticate, hide)
     }
 }
 
@@ -311,7 +288,8 @@ impl Plugin for KeyAuth {
         if self.hide_credentials {
             self.strip_credentials(req);
         }
-        self.attach(req, consumer, credential_id)
+        crate::auth_common::attach_identity(req, NAME, consumer, credential_id);
+        Flow::Continue
     }
 }
 
@@ -319,9 +297,11 @@ impl Plugin for KeyAuth {
 mod tests {
     use std::collections::BTreeMap;
 
-    use portcullis_core::Outcome;
+    use http::StatusCode;
+    use portcullis_core::{Consumer, Outcome, Rejection};
 
     use super::*;
+    use crate::auth_common::ANONYMOUS_MISSING;
     use crate::consumers::{AddCredentials, ConsumerIndex, CredentialSource};
     use crate::context::SharedState;
     use crate::registry::build_plugin;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use http::StatusCode;
 use jsonwebtoken::EncodingKey;
 use portcullis_core::{Consumer, Outcome};
 
@@ -10,6 +11,7 @@ use super::keys::alg_name;
 use super::test_keys::{RSA_PRIVATE_PEM, RSA_PUBLIC_PEM};
 use super::token::b64url_encode;
 use super::*;
+use crate::auth_common::ANONYMOUS_MISSING;
 use crate::consumers::{AddCredentials, ConsumerIndex, CredentialSource};
 use crate::context::SharedState;
 use crate::registry::build_plugin;
