@@ -26,14 +26,7 @@ fn node(etcd_endpoint: &str, prefix: &str, max_staleness: f64) -> Gateway {
 }
 
 async fn admin(gw: &Gateway, method: &str, path: &str, body: serde_json::Value) -> Response {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    request(method, &gw.admin_url(path), &[KEY], body)
-        .await
-        .expect("admin request")
+    gw.admin_as(KEY, method, path, body).await
 }
 
 async fn status(url: &str) -> u16 {

@@ -53,14 +53,7 @@ fn three(etcd: &EtcdServer) -> [Gateway; 3] {
 }
 
 async fn admin(gw: &Gateway, key: (&str, &str), method: &str, path: &str, body: Value) -> Response {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    request(method, &gw.admin_url(path), &[key], body)
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    gw.admin_as(key, method, path, body).await
 }
 
 async fn call(gw: &Gateway, path: &str, apikey: &str) -> u16 {

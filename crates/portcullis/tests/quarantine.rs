@@ -17,19 +17,7 @@ async fn admin(
     key: (&str, &str),
     body: Value,
 ) -> (u16, Value) {
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let r = request(
-        method,
-        &gw.admin_url(path),
-        &[key, ("content-type", "application/json")],
-        body,
-    )
-    .await
-    .expect("admin request");
+    let r = gw.admin_as(key, method, path, body).await;
     (
         r.status,
         serde_json::from_slice(&r.body).unwrap_or(Value::Null),

@@ -83,6 +83,25 @@ impl Gateway {
         format!("http://127.0.0.1:{}{path}", self.admin_port)
     }
 
+    /// An Admin API call with `key` (a header and its value); a null
+    /// `body` sends none. Panics when the call cannot be made at all.
+    pub async fn admin_as(
+        &self,
+        key: (&str, &str),
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> crate::Response {
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        crate::request(method, &self.admin_url(path), &[key], body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
     pub fn metrics_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.metrics_port)
     }
