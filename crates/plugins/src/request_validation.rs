@@ -10,11 +10,12 @@
 //! URL or a file is refused then, so validation never does IO.
 //!
 //! The body is validated as APISIX does: JSON (the default, also without a
-//! Content-Type) or `application/x-www-form-urlencoded`; a JSON body is
-//! re-encoded after validation so that the upstream parses exactly what was
-//! checked (duplicate keys, odd number forms). The answer to a failure is
-//! the first error as plain text, with the JSON pointer of the field, never
-//! the offending value.
+//! Content-Type) or `application/x-www-form-urlencoded`. The upstream must
+//! parse exactly what was checked: a JSON body goes on as sent unless JSON
+//! parsers could read it differently (a duplicate key, a number serde_json
+//! reads inexactly; [`json_body`]), and is then re-encoded from the
+//! validated value. The answer to a failure is the first error as plain
+//! text, with the JSON pointer of the field, never the offending value.
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use serde_json::{json, Map, Value};
 use crate::context::{parse_conf, BuildContext};
 use crate::registry::PluginSpec;
 
+mod json_body;
 mod params;
 
 use params::ParamSchema;
@@ -302,6 +304,20 @@ fn describe(err: &ValidationError<'_>) -> String {
     truncate(&text, MAX_ERROR_LEN)
 }
 
+/// The first failure of `instance`, described; `None` when it is valid.
+/// `is_valid` is the cheap question; errors are collected only on failure.
+fn first_error(validator: &Validator, instance: &Value) -> Option<String> {
+    if validator.is_valid(instance) {
+        return None;
+    }
+    Some(
+        validator
+            .iter_errors(instance)
+            .next()
+            .map_or_else(|| "validation failed".to_string(), |e| describe(&e)),
+    )
+}
+
 enum BodyKind {
     Json,
     Form,
@@ -327,13 +343,7 @@ impl RequestValidation {
                 headers.insert(spelling.clone(), header_value(req, name));
             }
         }
-        let headers = Value::Object(headers);
-        let first = schema
-            .validator
-            .iter_errors(&headers)
-            .next()
-            .map(|e| describe(&e));
-        first.map_or(Ok(()), Err)
+        first_error(&schema.validator, &Value::Object(headers)).map_or(Ok(()), Err)
     }
 
     /// Path parameters, then query arguments; the first failure, named as
@@ -353,12 +363,7 @@ impl RequestValidation {
             let Some((schema, value)) = check else {
                 continue;
             };
-            let first = schema
-                .validator
-                .iter_errors(&value)
-                .next()
-                .map(|e| describe(&e));
-            if let Some(e) = first {
+            if let Some(e) = first_error(&schema.validator, &value) {
                 return Err(truncate(&format!("{what}: {e}"), MAX_ERROR_LEN));
             }
         }
@@ -373,21 +378,27 @@ impl RequestValidation {
         if types.next().is_some() {
             return Err("duplicated Content-Type header".into());
         }
-        let ct = String::from_utf8_lossy(ct.as_bytes()).to_ascii_lowercase();
+        // Borrowed (no copy) unless the value is not UTF-8.
+        let ct = String::from_utf8_lossy(ct.as_bytes());
         let media = ct.split(';').next().unwrap_or("").trim();
-        if media == "application/x-www-form-urlencoded" {
+        let json_suffix = media
+            .len()
+            .checked_sub(5)
+            .is_some_and(|at| media.as_bytes()[at..].eq_ignore_ascii_case(b"+json"));
+        if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
             Ok(BodyKind::Form)
-        } else if media == "application/json" || media.ends_with("+json") {
+        } else if media.eq_ignore_ascii_case("application/json") || json_suffix {
             Ok(BodyKind::Json)
         } else {
             Err(format!(
                 "unsupported Content-Type \"{}\": expected application/json or application/x-www-form-urlencoded",
-                truncate(media, 64)
+                truncate(&media.to_ascii_lowercase(), 64)
             ))
         }
     }
 
-    /// Decode and check the body; for JSON, the re-encoded body to send on.
+    /// Decode and check the body; for a JSON body that parsers could read
+    /// differently, the re-encoded body to send on instead.
     fn check_body(
         &self,
         validator: &Validator,
@@ -401,19 +412,24 @@ impl RequestValidation {
         if raw.len() > self.max_body_bytes {
             return Err("request body is too large".into());
         }
-        let value = match kind {
-            BodyKind::Json => serde_json::from_slice::<Value>(raw)
-                .map_err(|e| truncate(&format!("invalid JSON body: {e}"), MAX_ERROR_LEN))?,
-            BodyKind::Form => decode_form(raw),
-        };
-        let first = validator.iter_errors(&value).next().map(|e| describe(&e));
-        if let Some(e) = first {
-            return Err(e);
+        match kind {
+            BodyKind::Json => {
+                let body = json_body::parse(raw)
+                    .map_err(|e| truncate(&format!("invalid JSON body: {e}"), MAX_ERROR_LEN))?;
+                if let Some(e) = first_error(validator, &body.value) {
+                    return Err(e);
+                }
+                match body.differential {
+                    None => Ok(None),
+                    Some(_) => serde_json::to_vec(&body.value)
+                        .map(|encoded| Some(Bytes::from(encoded)))
+                        .map_err(|e| {
+                            truncate(&format!("JSON body not re-encoded: {e}"), MAX_ERROR_LEN)
+                        }),
+                }
+            }
+            BodyKind::Form => first_error(validator, &decode_form(raw)).map_or(Ok(None), Err),
         }
-        Ok(match kind {
-            BodyKind::Json => serde_json::to_vec(&value).ok().map(Bytes::from),
-            BodyKind::Form => None,
-        })
     }
 }
 
@@ -553,19 +569,48 @@ mod tests {
         }
     }
 
+    /// Passes `body` through `p` and answers what goes to the upstream:
+    /// the body and its content-length.
+    fn forwarded(p: &Arc<dyn Plugin>, body: &[u8]) -> (Vec<u8>, String) {
+        let mut req = request(JSON, body);
+        let flow = p.on_request(&mut req);
+        assert!(
+            matches!(flow, Flow::Continue),
+            "{}: {flow:?}",
+            String::from_utf8_lossy(body)
+        );
+        assert_eq!(req.decisions[0].outcome, Outcome::Allow);
+        let length = req.header_str("content-length").unwrap().to_string();
+        (req.body.unwrap().to_vec(), length)
+    }
+
     #[test]
-    fn valid_json_body_passes_and_is_reencoded() {
-        let mut req = request(JSON, br#"{ "customer_id": "cus_123", "action": "read" }"#);
+    fn valid_json_body_passes_and_is_forwarded_as_sent() {
+        let body = br#"{ "customer_id": "cus_123", "action": "read" }"#;
+        let mut req = request(JSON, body);
+        let sent = req.body.clone().unwrap();
         assert!(matches!(
             customer_api().on_request(&mut req),
             Flow::Continue
         ));
-        assert_eq!(
-            req.body.as_deref(),
-            Some(&br#"{"customer_id":"cus_123","action":"read"}"#[..])
-        );
-        assert_eq!(req.header_str("content-length"), Some("41"));
+        assert_eq!(req.body.as_deref(), Some(&body[..]));
+        // The very buffer: no copy.
+        assert_eq!(req.body.as_ref().unwrap().as_ptr(), sent.as_ptr());
+        assert_eq!(req.header_str("content-length"), Some("46"));
         assert_eq!(req.decisions[0].outcome, Outcome::Allow);
+    }
+
+    #[test]
+    fn formatting_of_a_valid_body_reaches_the_upstream_unchanged() {
+        let p = try_build(json!({"body_schema": {"type": "object",
+            "properties": {"customer_id": {"type": "string"},
+                           "n": {"type": "array", "items": {"type": "number"}}},
+            "required": ["customer_id"]}}))
+        .unwrap();
+        let body = "\r\n\t{\n  \"customer_id\" :\t\"cus_\\u0031\\/2\u{e9}\",\r\n  \"n\": [ 1.50, 1E2, -0, 0.1e-3, 10.5, 18446744073709551615 ],\n  \"extra\": {\"a\": [ ], \"A\": { } }\n}\n  ";
+        let (out, length) = forwarded(&p, body.as_bytes());
+        assert_eq!(out, body.as_bytes());
+        assert_eq!(length, body.len().to_string());
     }
 
     #[test]
@@ -582,6 +627,87 @@ mod tests {
             req.body.as_deref(),
             Some(&br#"{"customer_id":"c","action":"read"}"#[..])
         );
+        assert_eq!(req.header_str("content-length"), Some("35"));
+        // Also when one spelling hides behind escapes, at any depth.
+        let (out, length) = forwarded(
+            &customer_api(),
+            br#"{"customer_id": "c", "action": "read", "\u0061ction": "read", "x": {"k": 1, "k": 2}}"#,
+        );
+        assert_eq!(out, br#"{"customer_id":"c","action":"read","x":{"k":2}}"#);
+        assert_eq!(length, out.len().to_string());
+        // The validator sees the last value: a bad one last is refused.
+        let mut req = request(
+            JSON,
+            br#"{"customer_id": "c", "action": "read", "action": "delete"}"#,
+        );
+        let (status, _) = rejection(customer_api().on_request(&mut req));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    /// Numbers serde_json reads inexactly would say another value to an
+    /// upstream that keeps big integers or decimals exactly (Python's
+    /// `json` does integers): such a body goes on as the validator read it.
+    #[test]
+    fn numbers_read_inexactly_reach_the_upstream_as_validated() {
+        let p = try_build(json!({"body_schema": {"type": "object",
+            "properties": {"amount": {"type": "number", "maximum": 1e29, "exclusiveMinimum": -1}}}}))
+        .unwrap();
+        for (body, validated) in [
+            (
+                &br#"{"amount": 100000000000000000000000000001}"#[..],
+                &br#"{"amount":1e+29}"#[..],
+            ),
+            (br#"{"amount": 1e-400}"#, br#"{"amount":0.0}"#),
+            (
+                br#"{"amount": 1.00000000000000000001, "n": 7}"#,
+                br#"{"amount":1.0,"n":7}"#,
+            ),
+            (
+                br#"{"amount": 18446744073709551616}"#,
+                br#"{"amount":1.8446744073709552e+19}"#,
+            ),
+        ] {
+            let (out, length) = forwarded(&p, body);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(validated)
+            );
+            assert_eq!(length, out.len().to_string());
+        }
+        // Read exactly beyond what an f64 holds: the upstream sees it too.
+        let (_, body) = rejection(p.on_request(&mut request(
+            JSON,
+            br#"{"amount": 100000000000000000000000000001e1}"#,
+        )));
+        assert!(
+            body.starts_with("property \"amount\" validation failed"),
+            "{body}"
+        );
+    }
+
+    /// What other parsers might read differently and serde_json refuses.
+    #[test]
+    fn bodies_other_parsers_might_read_otherwise_are_refused() {
+        for body in [
+            &b"\xEF\xBB\xBF{\"customer_id\": \"c\", \"action\": \"read\"}"[..],
+            br#"{"customer_id": "c\ud800", "action": "read"}"#,
+            br#"{"customer_id": "c\udc00x", "action": "read"}"#,
+            b"{\"customer_id\": \"c\xed\xa0\x80\", \"action\": \"read\"}",
+            b"{\"customer_id\": \"c\", \"action\": \"read\"}\x00",
+            b"{\"customer_id\": \"c\", \"action\": \"read\"} {}",
+            b"{\"customer_id\": \"c\x00\", \"action\": \"read\"}",
+            br#"{"customer_id": "c", "action": "read", "n": NaN}"#,
+            br#"{"customer_id": "c", "action": "read",}"#,
+            br#"{"customer_id": "c", "action": "read", "n": 1e400}"#,
+        ] {
+            let (status, text) = rejection(customer_api().on_request(&mut request(JSON, body)));
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(
+                text.starts_with("invalid JSON body: "),
+                "{}: {text}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
