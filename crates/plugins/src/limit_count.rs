@@ -246,9 +246,24 @@ fn build(raw: &Value, ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigError
 /// writes it (`60`, `59.99`).
 fn reset_value(ends_at: Duration, now: Duration) -> HeaderValue {
     let centis = ends_at.saturating_sub(now).as_millis() / 10;
-    let fixed = format!("{}.{:02}", centis / 100, centis % 100);
-    let text = fixed.trim_end_matches('0').trim_end_matches('.');
-    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("0"))
+    let (secs, hundredths) = ((centis / 100) as u64, (centis % 100) as u8);
+    // On every answer: itoa and a stack buffer, not format!.
+    let mut digits = itoa::Buffer::new();
+    let mut text = [0u8; 24];
+    let whole = digits.format(secs).as_bytes();
+    text[..whole.len()].copy_from_slice(whole);
+    let mut len = whole.len();
+    if hundredths > 0 {
+        let (tens, ones) = (hundredths / 10, hundredths % 10);
+        text[len] = b'.';
+        text[len + 1] = b'0' + tens;
+        len += 2;
+        if ones > 0 {
+            text[len] = b'0' + ones;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// The answer to one request: admitted or not, what is left, and the reset.
@@ -579,6 +594,8 @@ mod tests {
         assert_eq!(at(59_999), "59.99");
         assert_eq!(at(59_900), "59.9");
         assert_eq!(at(5), "0");
+        assert_eq!(at(100_050), "100.05");
+        assert_eq!(at(3_600_000), "3600");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

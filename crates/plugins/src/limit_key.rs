@@ -104,7 +104,24 @@ impl LimitKey {
 }
 
 fn client(req: &RequestState) -> Cow<'static, str> {
-    Cow::Owned(format!("ip:{}", req.client_ip))
+    // Formatting an address costs more than the rest of the limit check,
+    // and a worker sees the same client on request after request (one
+    // keep-alive connection): remember the last one this thread wrote.
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, String)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((ip, key)) if *ip == req.client_ip => Cow::Owned(key.clone()),
+            _ => {
+                let key = format!("ip:{}", req.client_ip);
+                *last = Some((req.client_ip, key.clone()));
+                Cow::Owned(key)
+            }
+        }
+    })
 }
 
 /// Split `$a-${b} \$c` into text and variables, as APISIX's resolve_var
