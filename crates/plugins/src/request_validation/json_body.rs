@@ -201,29 +201,14 @@ fn numbers_read_exactly(raw: &[u8], last_float: usize) -> bool {
 }
 
 /// The index after the string whose contents start at `i`. Strings are
-/// most of a body's bytes: they are passed over eight bytes at a time.
+/// most of a body's bytes: memchr finds the next quote or backslash.
 fn skip_string(raw: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // The high bit of each zero byte of `w`, and maybe of bytes above the
-    // first zero byte (a borrow): only the lowest bit set is used.
-    let zero_bytes = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
     loop {
-        while let Some(chunk) = raw.get(i..i + 8) {
-            let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-            let special = zero_bytes(w ^ (ONES * u64::from(b'"')))
-                | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-            if special != 0 {
-                i += (special.trailing_zeros() / 8) as usize;
-                break;
-            }
-            i += 8;
-        }
-        match raw.get(i) {
-            None => return i,
-            Some(b'"') => return i + 1,
-            Some(b'\\') => i += 2,
-            Some(_) => i += 1,
+        match memchr::memchr2(b'"', b'\\', raw.get(i..).unwrap_or_default()) {
+            None => return raw.len(),
+            Some(at) if raw[i + at] == b'"' => return i + at + 1,
+            // A backslash: skip it and the character it escapes.
+            Some(at) => i += at + 2,
         }
     }
 }
