@@ -242,9 +242,12 @@ impl EtcdStore {
             Some(PutOptions::new().with_lease(lease)),
         ));
         let mut otherwise = vec![TxnOp::get(pending_key, None)];
+        let reads_resource = resource_key.is_some();
         if let Some(key) = resource_key {
             otherwise.push(TxnOp::get(key, None));
         }
+        // Last, so `guard_revision` finds it.
+        otherwise.push(TxnOp::get(keys::gen_id_key(&self.prefix), None));
         let txn = Txn::new().when(compares).and_then(ops).or_else(otherwise);
         let mut kv = client.kv_client();
         let resp = self.call(kv.txn(txn)).await?;
@@ -278,12 +281,13 @@ impl EtcdStore {
         if approving {
             let resource_rev = got
                 .get(1)
+                .filter(|_| reads_resource)
                 .and_then(|kv| kv.as_ref().map(|kv| kv.mod_revision()))
                 .unwrap_or(0);
             if resource_rev != decided.base_modified_index as i64 {
                 return Ok(Decided::Stale);
             }
         }
-        Ok(Decided::Moved(revision))
+        Ok(Decided::Moved(crate::guard_revision(&resp)))
     }
 }

@@ -114,6 +114,18 @@ fn secs(s: f64, fallback: f64) -> Duration {
     })
 }
 
+/// Where the guard (`{prefix}/gen_id`) is now, from a refused guarded
+/// transaction that read it back: the revision to catch up to before
+/// checking again. Not the response's header revision, which may come from
+/// a write outside this prefix, that no event here will ever show.
+pub(crate) fn guard_revision(resp: &etcd_client::TxnResponse) -> i64 {
+    let read = resp.op_responses().into_iter().rev().find_map(|r| match r {
+        etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.mod_revision()),
+        _ => None,
+    });
+    read.unwrap_or_else(|| resp.header().map(|h| h.revision()).unwrap_or_default())
+}
+
 impl EtcdStore {
     /// Check the settings and prepare the connection; nothing is contacted
     /// yet. `cache_path` is where the last good config is kept (`None`:
@@ -486,15 +498,17 @@ impl EtcdStore {
             Some(g) => {
                 ops.push(TxnOp::put(gen_id.clone(), "1", None));
                 Txn::new()
-                    .when([Compare::mod_revision(gen_id, CompareOp::Equal, g)])
+                    .when([Compare::mod_revision(gen_id.clone(), CompareOp::Equal, g)])
                     .and_then(std::mem::take(ops))
+                    .or_else([TxnOp::get(gen_id, None)])
             }
             None => Txn::new().and_then(std::mem::take(ops)),
         };
         let resp = self.call(kv.txn(txn)).await?;
         if !resp.succeeded() {
-            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            return Err(EtcdError::Conflict { revision });
+            return Err(EtcdError::Conflict {
+                revision: guard_revision(&resp),
+            });
         }
         Ok(resp)
     }

@@ -284,7 +284,7 @@ impl EtcdStore {
                         tracing::info!(after = ?t.elapsed(), "etcd answers again; catching up");
                     }
                     let (mut changed, mut contained) = self.note_events(&resp);
-                    let mut revision = header_rev;
+                    let mut revision = last_event_revision(&resp);
                     if changed {
                         // Coalesce a burst: take what follows closely.
                         let until = Instant::now() + COALESCE;
@@ -299,7 +299,7 @@ impl EtcdStore {
                                     let (c, q) = self.note_events(&more);
                                     changed |= c;
                                     contained |= q;
-                                    revision = revision.max(more.header().map(|h| h.revision()).unwrap_or_default());
+                                    revision = revision.max(last_event_revision(&more));
                                 }
                                 Ok(Ok(None)) | Ok(Err(_)) => break,
                                 Err(_) => break,
@@ -451,4 +451,21 @@ async fn sleep_backoff(backoff: &mut Duration) {
     let jitter = Duration::from_millis(u64::from(nanos % 100));
     tokio::time::sleep(*backoff + jitter).await;
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
+}
+
+/// How far a watch response proves this node has seen etcd: the revision of
+/// its last event. Not the header's revision: a response without events
+/// (the watch's creation, a requested progress notification) carries the
+/// revision etcd is at, and etcd before 3.4.25 and 3.5.8 may send it while
+/// events up to that revision are still on their way (etcd-io/etcd#15220;
+/// Debian 12 ships 3.4.23). Taking it would let a write be answered before
+/// this node serves it, and a watch restarted from it skip those events.
+/// Every key portcullis writes is under the watched prefix, so every write
+/// arrives here as an event.
+fn last_event_revision(resp: &etcd_client::WatchResponse) -> i64 {
+    resp.events()
+        .iter()
+        .filter_map(|ev| ev.kv().map(|kv| kv.mod_revision()))
+        .max()
+        .unwrap_or(0)
 }
