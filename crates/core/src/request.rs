@@ -130,6 +130,27 @@ fn empty_index() -> Arc<ConsumerIndex> {
     EMPTY.get_or_init(Arc::default).clone()
 }
 
+/// `ip` as text. Formatting an address costs more than a limit plugin's
+/// whole check, and a worker thread sees the same client request after
+/// request (a keep-alive connection): it remembers the last one it wrote.
+pub fn ip_text(ip: IpAddr) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, String)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((seen, text)) if *seen == ip => text.clone(),
+            _ => {
+                let text = ip.to_string();
+                *last = Some((ip, text.clone()));
+                text
+            }
+        }
+    })
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
@@ -214,7 +235,7 @@ impl VarLookup for RequestState {
             "args" | "query_string" => Cow::Borrowed(self.query()?),
             "host" => Cow::Borrowed(self.host()?),
             "request_method" => Cow::Borrowed(self.head.method.as_str()),
-            "remote_addr" => Cow::Owned(self.client_ip.to_string()),
+            "remote_addr" => Cow::Owned(ip_text(self.client_ip)),
             "remote_port" => Cow::Owned(self.peer_addr.port().to_string()),
             "realip_remote_addr" => Cow::Owned(self.peer_addr.ip().to_string()),
             "server_port" => Cow::Owned(self.server_port.to_string()),
@@ -235,6 +256,17 @@ impl VarLookup for RequestState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_follows_the_address_it_is_given() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::7".parse().unwrap();
+        for _ in 0..2 {
+            assert_eq!(ip_text(a), "10.0.0.1");
+            assert_eq!(ip_text(a), "10.0.0.1");
+            assert_eq!(ip_text(b), "2001:db8::7");
+        }
+    }
 
     fn state(uri: &str) -> RequestState {
         let (head, ()) = http::Request::builder()

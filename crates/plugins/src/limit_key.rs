@@ -71,11 +71,11 @@ impl LimitKey {
     pub fn resolve<'r>(&'r self, req: &'r RequestState) -> Cow<'r, str> {
         match self {
             LimitKey::ConsumerOrClient => match req.consumer_name() {
-                Some(name) => Cow::Owned(format!("consumer:{name}")),
+                Some(name) => Cow::Owned(prefixed("consumer:", name)),
                 None => client(req),
             },
             LimitKey::Var(name) => match req.var(name) {
-                Some(v) => Cow::Owned(format!("var:{v}")),
+                Some(v) => Cow::Owned(prefixed("var:", &v)),
                 None => client(req),
             },
             LimitKey::Constant(c) => Cow::Borrowed(c.as_str()),
@@ -104,24 +104,18 @@ impl LimitKey {
 }
 
 fn client(req: &RequestState) -> Cow<'static, str> {
-    // Formatting an address costs more than the rest of the limit check,
-    // and a worker sees the same client on request after request (one
-    // keep-alive connection): remember the last one this thread wrote.
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(std::net::IpAddr, String)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some((ip, key)) if *ip == req.client_ip => Cow::Owned(key.clone()),
-            _ => {
-                let key = format!("ip:{}", req.client_ip);
-                *last = Some((req.client_ip, key.clone()));
-                Cow::Owned(key)
-            }
-        }
-    })
+    Cow::Owned(prefixed(
+        "ip:",
+        &portcullis_core::request::ip_text(req.client_ip),
+    ))
+}
+
+/// `prefix` and `text` in one allocation (format! costs more, per request).
+fn prefixed(prefix: &str, text: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + text.len());
+    key.push_str(prefix);
+    key.push_str(text);
+    key
 }
 
 /// Split `$a-${b} \$c` into text and variables, as APISIX's resolve_var
