@@ -19,7 +19,6 @@ pub mod store;
 pub mod time;
 
 use std::borrow::Cow;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -208,14 +207,11 @@ fn decision_of(rec: &DecisionRecord<'_>) -> (&'static str, Option<&'static str>)
 pub fn pending(rec: &DecisionRecord<'_>) -> Pending {
     let r = portcullis_telemetry::global().redaction();
     let (decision, plugin) = decision_of(rec);
-    let mut ip = [0u8; 48];
+    let ip = portcullis_core::request::ip_text(rec.client_ip);
     let client = if r.hides(Field::ClientAddr) {
         "[redacted]"
     } else {
-        let mut w = &mut ip[..];
-        let _ = write!(w, "{}", rec.client_ip);
-        let n = 48 - w.len();
-        std::str::from_utf8(&ip[..n]).unwrap_or("")
+        ip.as_str()
     };
     let texts = [
         Some("request"),

@@ -29,15 +29,6 @@ struct Out<'a, 'r> {
     r: &'a Redaction,
 }
 
-/// Anything `Display` as a JSON string, without an intermediate `String`.
-struct Disp<T: Display>(T);
-
-impl<T: Display> Serialize for Disp<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     // Three decimals: microsecond resolution is plenty for a log.
     (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
@@ -66,7 +57,8 @@ impl Serialize for Out<'_, '_> {
         if r.hides(Field::ClientAddr) {
             m.serialize_field("client_addr", REDACTED)?;
         } else {
-            m.serialize_field("client_addr", &Disp(rec.client_ip))?;
+            let client = portcullis_core::request::ip_text(rec.client_ip);
+            m.serialize_field("client_addr", client.as_str())?;
         }
         m.serialize_field("client_port", &rec.client_port)?;
         m.serialize_field("scheme", rec.scheme)?;
