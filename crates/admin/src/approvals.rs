@@ -28,7 +28,7 @@
 
 use portcullis_config::tiers::{tier_of_value, TOP_TIER};
 use portcullis_config::{Kind, RawConfig, RawResource};
-use portcullis_etcd::approvals::{Decided, Pending};
+use portcullis_etcd::approvals::Decided;
 use portcullis_etcd::{Author, EtcdError, EtcdStore};
 use portcullis_store::{secrets, Applied, ChangeMeta, DecideError, PendingChange, Proposal, Store};
 use serde_json::{json, Value};
@@ -195,7 +195,7 @@ pub(crate) async fn hold_in_etcd(
     after: &RawConfig,
 ) -> Option<Result<Reply, Reply>> {
     let reason = top_tier_reason(before, after, kind, id)?;
-    let proposal = Pending {
+    let proposal = PendingChange {
         id: 0,
         time: 0,
         actor: ctx.actor.clone(),
@@ -230,26 +230,6 @@ fn unavailable(e: EtcdError) -> Reply {
             "the configuration kept changing on other nodes; try again",
         ),
         other => Reply::error(503, other.to_string()),
-    }
-}
-
-/// A change held in etcd, as store mode shows it.
-fn from_etcd(p: Pending) -> PendingChange {
-    PendingChange {
-        id: p.id,
-        time: p.time,
-        actor: p.actor,
-        client: p.client,
-        method: p.method,
-        kind: p.kind,
-        resource_id: p.resource_id,
-        value: p.value,
-        ttl: p.ttl,
-        base_modified_index: p.base_modified_index,
-        reason: p.reason,
-        status: p.status,
-        decided_by: p.decided_by,
-        decided_at: p.decided_at,
     }
 }
 
@@ -327,7 +307,7 @@ async fn handle_in_etcd(admin: &Admin, etcd: &EtcdStore, ctx: &Ctx, rest: &str) 
                 .pendings(status)
                 .await
                 .map(|list| {
-                    let list: Vec<Value> = list.into_iter().map(|p| show(&from_etcd(p))).collect();
+                    let list: Vec<Value> = list.into_iter().map(|p| show(&p)).collect();
                     Reply::new(200, json!({"total": list.len(), "list": list}))
                 })
                 .map_err(unavailable),
@@ -335,7 +315,7 @@ async fn handle_in_etcd(admin: &Admin, etcd: &EtcdStore, ctx: &Ctx, rest: &str) 
         },
         (&http::Method::GET, [id]) => match parse_id(id) {
             Ok(id) => match etcd.pending(id).await {
-                Ok(Some((p, _))) => Ok(Reply::new(200, show(&from_etcd(p)))),
+                Ok(Some((p, _))) => Ok(Reply::new(200, show(&p))),
                 Ok(None) => Err(Reply::not_found()),
                 Err(e) => Err(unavailable(e)),
             },
@@ -382,7 +362,7 @@ async fn decide_in_etcd(
             return match outcome {
                 Decided::Done(_) => {
                     tracing::info!(by = %ctx.actor, proposer = %change.actor, id, "pending change rejected");
-                    Ok(Reply::new(200, show(&from_etcd(decided))))
+                    Ok(Reply::new(200, show(&decided)))
                 }
                 Decided::Gone => Err(Reply::not_found()),
                 Decided::NotPending(status) => Err(decide_error(DecideError::NotPending(status))),
@@ -448,7 +428,7 @@ async fn decide_in_etcd(
                     );
                 }
                 tracing::info!(approver = %ctx.actor, proposer = %change.actor, id, kind = kind.as_str(), resource = %change.resource_id, "pending change approved and applied");
-                return Ok(Reply::new(200, show(&from_etcd(decided))));
+                return Ok(Reply::new(200, show(&decided)));
             }
             Decided::Gone => return Err(Reply::not_found()),
             Decided::NotPending(status) => {

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 use portcullis_config::{Kind, RawResource};
-use portcullis_etcd::{ChangeQuery, EtcdError, EtcdStore};
+use portcullis_etcd::{EtcdError, EtcdStore};
 use portcullis_store::{secrets, ChangeFilter};
 use serde_json::{json, Value};
 
@@ -322,13 +322,7 @@ async fn delete(admin: &Admin, etcd: &EtcdStore, ctx: &Ctx, t: &Target) -> Resul
 /// `GET /portcullis/v1/changes` in cluster mode: the history every node
 /// writes to etcd, in store mode's shape.
 pub(super) async fn changes(etcd: &EtcdStore, filter: &ChangeFilter) -> Reply {
-    let query = ChangeQuery {
-        resource: filter.resource.clone(),
-        since: filter.since,
-        actor: filter.actor.clone(),
-        limit: filter.limit,
-    };
-    match etcd.changes(&query).await {
+    match etcd.changes(filter).await {
         Ok(list) => Reply::new(200, json!({"total": list.len(), "list": list})),
         Err(e) => unavailable(e),
     }

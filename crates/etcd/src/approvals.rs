@@ -13,7 +13,7 @@ use etcd_client::{
     Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use portcullis_config::Kind;
-use serde::{Deserialize, Serialize};
+pub use portcullis_store::PendingChange;
 use serde_json::Value;
 
 use crate::history::Author;
@@ -25,29 +25,6 @@ pub const DECIDED_KEPT_SECS: f64 = 30.0 * 24.0 * 3600.0;
 
 /// Most changes listed.
 const LIST_MAX: usize = 1000;
-
-/// A write held for approval: the fields of store mode's pending change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Pending {
-    pub id: i64,
-    /// Unix seconds.
-    pub time: i64,
-    pub actor: String,
-    pub client: String,
-    pub method: String,
-    pub kind: String,
-    pub resource_id: String,
-    /// The whole value it would write; `None` for a delete.
-    pub value: Option<Value>,
-    pub ttl: Option<f64>,
-    /// The resource's `modifiedIndex` when proposed (0: it did not exist).
-    pub base_modified_index: u64,
-    pub reason: String,
-    /// `pending`, `approved` or `rejected`.
-    pub status: String,
-    pub decided_by: Option<String>,
-    pub decided_at: Option<i64>,
-}
 
 /// What a decision came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +42,7 @@ pub enum Decided {
     Moved(i64),
 }
 
-fn parse(kv: &etcd_client::KeyValue) -> Option<Pending> {
+fn parse(kv: &etcd_client::KeyValue) -> Option<PendingChange> {
     serde_json::from_slice(kv.value()).ok()
 }
 
@@ -78,7 +55,11 @@ impl EtcdStore {
 
     /// Hold a write: store `p` (its `id`, `time`, `status` and base are set
     /// here) with the proposal's history record. Returns it as stored.
-    pub async fn propose(&self, mut p: Pending, author: &Author<'_>) -> Result<Pending, EtcdError> {
+    pub async fn propose(
+        &self,
+        mut p: PendingChange,
+        author: &Author<'_>,
+    ) -> Result<PendingChange, EtcdError> {
         let client = self.client().await?;
         let mut kv = client.kv_client();
         let seq = self
@@ -111,7 +92,7 @@ impl EtcdStore {
     }
 
     /// One change and the revision it is at.
-    pub async fn pending(&self, id: i64) -> Result<Option<(Pending, i64)>, EtcdError> {
+    pub async fn pending(&self, id: i64) -> Result<Option<(PendingChange, i64)>, EtcdError> {
         let mut kv = self.client().await?.kv_client();
         let resp = self
             .call(kv.get(keys::approval_key(&self.prefix, id), None))
@@ -123,7 +104,7 @@ impl EtcdStore {
     }
 
     /// Changes of `status` (`None`: all), newest first.
-    pub async fn pendings(&self, status: Option<&str>) -> Result<Vec<Pending>, EtcdError> {
+    pub async fn pendings(&self, status: Option<&str>) -> Result<Vec<PendingChange>, EtcdError> {
         let mut kv = self
             .client()
             .await?
@@ -158,7 +139,7 @@ impl EtcdStore {
     /// approval (by `decider`); rejecting records the rejection.
     pub async fn decide(
         &self,
-        decided: &Pending,
+        decided: &PendingChange,
         seen: i64,
         guard: Option<i64>,
         decider: &Author<'_>,

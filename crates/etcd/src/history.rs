@@ -12,6 +12,7 @@
 
 use etcd_client::{DeleteOptions, GetOptions, SortOrder, SortTarget, TxnOp};
 use portcullis_config::Kind;
+pub use portcullis_store::{Change, ChangeFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -92,50 +93,21 @@ pub(crate) struct Record {
     n: u32,
 }
 
-/// One entry as listed: the shape of store mode's history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Change {
-    pub seq: i64,
-    /// Unix seconds.
-    pub time: i64,
-    pub actor: String,
-    pub client: String,
-    pub method: String,
-    pub kind: String,
-    pub id: String,
-    pub before: Option<Value>,
-    pub after: Option<Value>,
-}
-
-/// Which changes to list; empty fields match everything.
-#[derive(Debug, Clone, Default)]
-pub struct ChangeQuery {
-    /// `routes` or `routes/1` (credentials: `credentials/user/cid`).
-    pub resource: Option<String>,
-    /// At or after this unix second.
-    pub since: Option<i64>,
-    pub actor: Option<String>,
-    /// Newest first, at most this many (default 100).
-    pub limit: Option<usize>,
-}
-
-impl ChangeQuery {
-    fn matches(&self, c: &Change) -> bool {
-        let resource = match self.resource.as_deref().filter(|r| !r.is_empty()) {
-            None => true,
-            Some(r) => match r.split_once('/') {
-                Some((kind, id)) => c.kind == kind && c.id == id,
-                None => c.kind == r,
-            },
-        };
-        resource
-            && self.since.is_none_or(|s| c.time >= s)
-            && self
-                .actor
-                .as_deref()
-                .filter(|a| !a.is_empty())
-                .is_none_or(|a| c.actor == a)
-    }
+/// Whether `c` is one `q` asks for (store mode filters in SQL).
+fn matches(q: &ChangeFilter, c: &Change) -> bool {
+    let resource = match q.resource.as_deref().filter(|r| !r.is_empty()) {
+        None => true,
+        Some(r) => match r.split_once('/') {
+            Some((kind, id)) => c.kind == kind && c.id == id,
+            None => c.kind == r,
+        },
+    };
+    resource
+        && q.since.is_none_or(|s| c.time >= s)
+        && q.actor
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .is_none_or(|a| c.actor == a)
 }
 
 impl EtcdStore {
@@ -158,7 +130,7 @@ impl EtcdStore {
     }
 
     /// The history, newest first.
-    pub async fn changes(&self, q: &ChangeQuery) -> Result<Vec<Change>, EtcdError> {
+    pub async fn changes(&self, q: &ChangeFilter) -> Result<Vec<Change>, EtcdError> {
         let mut kv = self
             .client()
             .await?
@@ -187,7 +159,7 @@ impl EtcdStore {
                     after: r.after,
                 })
             })
-            .filter(|c| q.matches(c))
+            .filter(|c| matches(q, c))
             .collect();
         out.sort_by_key(|c| std::cmp::Reverse(c.seq));
         out.truncate(q.limit.unwrap_or(100));

@@ -47,7 +47,7 @@ use portcullis_config::settings::EtcdSettings;
 use portcullis_config::{Kind, RawConfig};
 use serde_json::Value;
 
-pub use history::{Author, Change, ChangeQuery};
+pub use history::{Author, Change, ChangeFilter};
 pub use mirror::Entry;
 pub use sync::Started;
 

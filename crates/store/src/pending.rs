@@ -36,8 +36,9 @@ CREATE TABLE IF NOT EXISTS pending_changes (
 CREATE INDEX IF NOT EXISTS pending_by_status ON pending_changes (status);
 ";
 
-/// A write held for approval.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A write held for approval (in SQLite in store mode, as JSON in etcd in
+/// cluster mode).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PendingChange {
     pub id: i64,
     /// Unix seconds.
