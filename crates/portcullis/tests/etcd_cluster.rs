@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use portcullis_etcd::etcd_client;
 use portcullis_test_support::etcd::EtcdServer;
 use portcullis_test_support::gateway::default_gateway_section;
-use portcullis_test_support::{request, Gateway, RecordingUpstream, Response};
+use portcullis_test_support::{request, wait_for, Gateway, RecordingUpstream, Response};
 use serde_json::json;
 
 const KEY: (&str, &str) = ("x-api-key", "test-admin-key");
@@ -34,17 +34,6 @@ async fn status(url: &str) -> u16 {
         .await
         .map(|r| r.status)
         .unwrap_or(0)
-}
-
-async fn wait_for(mut check: impl AsyncFnMut() -> bool, within: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if check().await {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    None
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -14,6 +14,22 @@ pub use client::{request, Response};
 pub use gateway::Gateway;
 pub use upstream::{RecordingUpstream, Seen};
 
+/// Poll `check` every 2 ms until it holds (how long that took) or `within`
+/// passes (`None`).
+pub async fn wait_for(
+    mut check: impl AsyncFnMut() -> bool,
+    within: std::time::Duration,
+) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    None
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
