@@ -233,6 +233,55 @@ fn unavailable(e: EtcdError) -> Reply {
     }
 }
 
+/// 403 when the approver is the admin key that proposed the change.
+fn refuse_own_change(ctx: &Ctx, change: &PendingChange, id: i64) -> Result<(), Reply> {
+    if change.actor == ctx.actor {
+        tracing::warn!(actor = %ctx.actor, id, "an admin tried to approve their own change");
+        return Err(Reply::error(
+            403,
+            "a change must be approved by a different admin key than the one that proposed it",
+        ));
+    }
+    Ok(())
+}
+
+/// Apply the held change to `candidate` and check the whole configuration
+/// it makes (the config may have moved on since the proposal): its
+/// snapshot, or 400 naming the first error, the change's own first.
+fn check_with_change(
+    admin: &Admin,
+    candidate: &mut RawConfig,
+    kind: Kind,
+    change: &PendingChange,
+) -> Result<portcullis_config::Snapshot, Reply> {
+    let origin = format!("{}/{}", kind.as_str(), change.resource_id);
+    match &change.value {
+        Some(v) => candidate.upsert(
+            kind,
+            RawResource {
+                id: change.resource_id.clone(),
+                value: v.clone().into(),
+                origin: origin.clone(),
+            },
+        ),
+        None => {
+            candidate.remove(kind, &change.resource_id);
+        }
+    }
+    admin.live.prepare(candidate.clone()).map_err(|errors| {
+        let msg = errors
+            .iter()
+            .find(|e| e.resource == origin)
+            .or_else(|| errors.first())
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "invalid configuration".into());
+        Reply::error(
+            400,
+            format!("the change no longer builds a valid configuration: {msg}"),
+        )
+    })
+}
+
 fn internal(e: portcullis_store::StoreError) -> Reply {
     tracing::error!(error = %e, "approvals: store operation failed");
     Reply::error(500, "failed to access the store")
@@ -369,13 +418,7 @@ async fn decide_in_etcd(
                 Decided::Stale | Decided::Moved(_) => continue,
             };
         }
-        if change.actor == ctx.actor {
-            tracing::warn!(actor = %ctx.actor, id, "an admin tried to approve their own change");
-            return Err(Reply::error(
-                403,
-                "a change must be approved by a different admin key than the one that proposed it",
-            ));
-        }
+        refuse_own_change(ctx, &change, id)?;
         let kind = Kind::parse(&change.kind).ok_or_else(Reply::not_found)?;
         // Check against a view that has at least what etcd held when the
         // change was read.
@@ -389,32 +432,7 @@ async fn decide_in_etcd(
                 format!("invalid configuration: etcd holds {}", errors.join("; ")),
             )
         })?;
-        let origin = format!("{}/{}", kind.as_str(), change.resource_id);
-        match &change.value {
-            Some(v) => candidate.upsert(
-                kind,
-                RawResource {
-                    id: change.resource_id.clone(),
-                    value: v.clone().into(),
-                    origin: origin.clone(),
-                },
-            ),
-            None => {
-                candidate.remove(kind, &change.resource_id);
-            }
-        }
-        admin.live.prepare(candidate).map_err(|errors| {
-            let msg = errors
-                .iter()
-                .find(|e| e.resource == origin)
-                .or_else(|| errors.first())
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "invalid configuration".into());
-            Reply::error(
-                400,
-                format!("the change no longer builds a valid configuration: {msg}"),
-            )
-        })?;
+        check_with_change(admin, &mut candidate, kind, &change)?;
         match etcd
             .decide(&decided, seen, Some(guard), &author(ctx, "APPROVE"))
             .await
@@ -498,42 +516,11 @@ async fn approve(admin: &Admin, store: &Store, ctx: &Ctx, id: i64) -> Result<Rep
     if change.status != "pending" {
         return Err(decide_error(DecideError::NotPending(change.status)));
     }
-    if change.actor == ctx.actor {
-        tracing::warn!(actor = %ctx.actor, id, "an admin tried to approve their own change");
-        return Err(Reply::error(
-            403,
-            "a change must be approved by a different admin key than the one that proposed it",
-        ));
-    }
+    refuse_own_change(ctx, &change, id)?;
     let kind = Kind::parse(&change.kind).ok_or_else(Reply::not_found)?;
-    let origin = format!("{}/{}", kind.as_str(), change.resource_id);
     // Validate again: the config may have moved on since the proposal.
     let mut candidate = RawConfig::clone(&admin.live.load().raw);
-    match &change.value {
-        Some(v) => candidate.upsert(
-            kind,
-            RawResource {
-                id: change.resource_id.clone(),
-                value: v.clone().into(),
-                origin: origin.clone(),
-            },
-        ),
-        None => {
-            candidate.remove(kind, &change.resource_id);
-        }
-    }
-    let mut snapshot = admin.live.prepare(candidate.clone()).map_err(|errors| {
-        let msg = errors
-            .iter()
-            .find(|e| e.resource == origin)
-            .or_else(|| errors.first())
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "invalid configuration".into());
-        Reply::error(
-            400,
-            format!("the change no longer builds a valid configuration: {msg}"),
-        )
-    })?;
+    let mut snapshot = check_with_change(admin, &mut candidate, kind, &change)?;
     let meta = ChangeMeta::new(ctx.actor.clone(), ctx.client.clone(), "APPROVE");
     let (change, applied) = store
         .approve(id, &meta)
@@ -547,7 +534,7 @@ async fn approve(admin: &Admin, store: &Store, ctx: &Ctx, id: i64) -> Result<Rep
                 RawResource {
                     id: change.resource_id.clone(),
                     value: stored.value.into(),
-                    origin,
+                    origin: format!("{}/{}", kind.as_str(), change.resource_id),
                 },
             );
             snapshot.raw = std::sync::Arc::new(candidate);
