@@ -168,16 +168,7 @@ async fn run<T: Transport>(
             }
             tokio::time::sleep_until(deadline.min(now + LINGER)).await;
             let before = batch.len();
-            while batch.len() < opts.batch_max_size {
-                match rx.try_recv() {
-                    Ok(entry) => batch.push(entry),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            }
+            open = super::drain(&mut rx, &mut batch, opts.batch_max_size);
             if !open {
                 break;
             }

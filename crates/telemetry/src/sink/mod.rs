@@ -51,3 +51,18 @@ impl std::fmt::Debug for RecordSink {
             .finish()
     }
 }
+
+/// Move what is queued in `rx` into `batch`, until `batch` holds `max`;
+/// `false` once the channel is closed and empty. The sinks gather this way
+/// after sleeping instead of waiting in `recv`, which would wake them for
+/// every record sent.
+pub(crate) fn drain<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
+}

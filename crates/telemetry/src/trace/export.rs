@@ -193,30 +193,14 @@ async fn run(
                 _ = tokio::time::sleep_until(deadline.min(now + LINGER)) => {}
                 Some(done) = flush_rx.recv() => flush_done = Some(done),
             }
-            let mut closed = false;
-            while batch.len() < max {
-                match rx.try_recv() {
-                    Ok(span) => batch.push(span),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-            if closed {
+            if !crate::sink::drain(&mut rx, &mut batch, max) {
                 break;
             }
         }
         out.export(&mut batch).await;
         if let Some(done) = flush_done {
             loop {
-                while batch.len() < max {
-                    match rx.try_recv() {
-                        Ok(span) => batch.push(span),
-                        Err(_) => break,
-                    }
-                }
+                crate::sink::drain(&mut rx, &mut batch, max);
                 if batch.is_empty() {
                     break;
                 }
