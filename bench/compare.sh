@@ -67,13 +67,7 @@ make_work_dir
 read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics a_port a_admin a_metrics redis_port <<<"$(free_ports 12)"
 path=/bench/item
 # What wrk sends besides GET $path: headers (-H ...) or a POST script (-s ...).
-eval "client_args=($(python3 "$BENCH/gen.py" client - --work "$work" --port 0 --scenario "$scenario"))"
-curl_args=()
-if [ -f "$work/post.json" ]; then
-  curl_args=(-X POST -H 'Content-Type: application/json' --data-binary "@$work/post.json")
-else
-  for ((i = 0; i < ${#client_args[@]}; i += 2)); do curl_args+=("${client_args[i]}" "${client_args[i + 1]}"); done
-fi
+scenario_client_args "$scenario"
 
 if [ "$scenario" = limit-count-redis ]; then
   say "redis on :$redis_port (CPU 1)"

@@ -110,3 +110,18 @@ cpu_ticks() {
 tree() { echo "$1" $(pgrep -P "$1" || true); }
 # Peak resident set (KiB).
 vmhwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+
+# scenario_client_args SCENARIO — what the measured request carries besides
+# GET /bench/item (bench/gen.py writes it into $work): `client_args` for wrk
+# (headers -H ..., or a POST script -s ...) and `curl_args` for curl.
+# Needs BENCH.
+scenario_client_args() {
+  local i
+  eval "client_args=($(python3 "$BENCH/gen.py" client - --work "$work" --port 0 --scenario "$1"))"
+  curl_args=()
+  if [ -f "$work/post.json" ]; then
+    curl_args=(-X POST -H 'Content-Type: application/json' --data-binary "@$work/post.json")
+  else
+    for ((i = 0; i < ${#client_args[@]}; i += 2)); do curl_args+=("${client_args[i]}" "${client_args[i + 1]}"); done
+  fi
+}

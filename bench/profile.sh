@@ -52,13 +52,7 @@ fi
 make_work_dir
 read -r up_port redis_port <<<"$(free_ports 2)"
 path=/bench/item
-eval "client_args=($(python3 "$BENCH/gen.py" client - --work "$work" --port 0 --scenario "$scenario"))"
-curl_args=()
-if [ -f "$work/post.json" ]; then
-  curl_args=(-X POST -H 'Content-Type: application/json' --data-binary "@$work/post.json")
-else
-  for ((i = 0; i < ${#client_args[@]}; i += 2)); do curl_args+=("${client_args[i]}" "${client_args[i + 1]}"); done
-fi
+scenario_client_args "$scenario"
 
 python3 "$BENCH/gen.py" upstream "$work/upstream.conf" --work "$work" --port "$up_port"
 start_pinned 1 upstream -- "$NGINX" -p "$work" -c "$work/upstream.conf" -e "$work/upstream.error.log"
