@@ -41,7 +41,7 @@ if [ ${#need_packages[@]} -gt 0 ]; then
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
 
-# --- 1b. the APISIX Python SDK, for crates/portcullis/tests/admin_sdk.rs -------
+# --- 1b. the APISIX Python SDK, for crates/portcullis/tests/gateway/admin_sdk.rs -------
 # A venv under the target directory from tests/sdk/requirements.txt; that
 # test fails (it does not skip) without it. Rebuilt when the pins change.
 sdk_target_dir=$(cargo metadata --format-version 1 --no-deps 2>/dev/null |
@@ -65,7 +65,7 @@ if ! cmp -s "$SDK_REQ" "$SDK_VENV/requirements.txt" ||
   cp "$SDK_REQ" "$SDK_VENV/requirements.txt"
 fi
 
-# --- 1c. the JSON-Schema-Test-Suite, for crates/portcullis/tests/json_schema_suite.rs
+# --- 1c. the JSON-Schema-Test-Suite, for crates/portcullis/tests/gateway/json_schema_suite.rs
 # The suite's npm package (@json-schema-org/tests) no longer ships the test
 # files, so it comes from the sdist of Python's jsonschema on PyPI, which
 # vendors the suite under json/. Pinned and checked by sha256; that test

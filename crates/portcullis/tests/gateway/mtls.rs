@@ -2,12 +2,9 @@
 //! handshake requires a certificate from the SSL's client CA, and mtls-auth
 //! maps a verified certificate to a consumer.
 
-#[path = "tls_support/mod.rs"]
-mod tls_support;
-
+use crate::tls_support::*;
 use portcullis_test_support::RecordingUpstream;
 use serde_json::json;
-use tls_support::*;
 
 const SPIFFE: &str = "spiffe://example.org/ns/prod/sa/billing";
 

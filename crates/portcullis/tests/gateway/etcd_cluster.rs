@@ -553,7 +553,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// The figure for docs/etcd.md: a node's resident memory with 10,000
 /// routes loaded from etcd, against the same node with none. Slow in a
-/// debug build: `cargo test --test etcd_cluster -- --ignored --nocapture`.
+/// debug build: `cargo test -p portcullis --test gateway etcd_cluster:: -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn memory_per_10000_routes() {

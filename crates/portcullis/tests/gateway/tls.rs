@@ -2,14 +2,11 @@
 //! chosen by SNI, TLS 1.2 and 1.3, ALPN, certificates replaced live, and bad
 //! PEMs refused with the field named.
 
-#[path = "tls_support/mod.rs"]
-mod tls_support;
-
 use std::time::{Duration, Instant};
 
+use crate::tls_support::*;
 use portcullis_test_support::{request, RecordingUpstream};
 use serde_json::json;
-use tls_support::*;
 
 fn ssl(id: &str, leaf: &Leaf, snis: &[&str]) -> String {
     format!(

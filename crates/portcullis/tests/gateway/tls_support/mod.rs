@@ -1,8 +1,6 @@
 //! Shared by the tls and mtls tests: certificates made with rcgen, a
 //! gateway with an HTTPS listener, and a TLS client (tokio-rustls).
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 
 use bytes::Bytes;
