@@ -31,6 +31,7 @@ use serde_json::{json, Map, Value};
 use crate::context::{parse_conf, BuildContext};
 use crate::registry::PluginSpec;
 
+mod document;
 mod json_body;
 mod params;
 
@@ -98,10 +99,19 @@ struct RequestValidation {
     header_schema: Option<HeaderSchema>,
     path_schema: Option<ParamSchema>,
     query_schema: Option<ParamSchema>,
-    body_schema: Option<Validator>,
+    body_schema: Option<BodySchema>,
     rejected_code: StatusCode,
     rejected_msg: Option<String>,
     max_body_bytes: usize,
+}
+
+/// The body schema compiled twice: for the borrowed document that a JSON
+/// body is read into first ([`document`]), and for `serde_json::Value`,
+/// which form bodies, error messages and the bodies the document does not
+/// vouch for use.
+struct BodySchema {
+    borrowed: Validator<document::Borrowed>,
+    value: Validator,
 }
 
 struct HeaderSchema {
@@ -156,7 +166,13 @@ fn build(conf: &Value, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigErr
         .transpose()?;
     let body_schema = conf
         .body_schema
-        .map(|s| compile(&Value::Object(s)).map_err(|e| e.under("body_schema")))
+        .map(|s| {
+            let schema = Value::Object(s);
+            Ok::<_, ConfigError>(BodySchema {
+                value: compile(&schema).map_err(|e| e.under("body_schema"))?,
+                borrowed: compile(&schema).map_err(|e| e.under("body_schema"))?,
+            })
+        })
         .transpose()?;
     let param_schema = |field: &str, s: Map<String, Value>| {
         let schema = Value::Object(s);
@@ -185,7 +201,7 @@ fn build(conf: &Value, _ctx: &BuildContext) -> Result<Arc<dyn Plugin>, ConfigErr
 
 /// Compile a schema with no way to fetch anything. Draft 7 unless the
 /// schema names its own `$schema` (APISIX's validator reads drafts 4-7).
-fn compile(schema: &Value) -> Result<Validator, ConfigError> {
+fn compile<F: jsonschema::json::Json>(schema: &Value) -> Result<Validator<F>, ConfigError> {
     if let Some((path, target)) = external_ref(schema, String::new()) {
         return Err(ConfigError::new(
             path,
@@ -195,7 +211,7 @@ fn compile(schema: &Value) -> Result<Validator, ConfigError> {
             ),
         ));
     }
-    let mut options = jsonschema::options().offline();
+    let mut options = jsonschema::options_for::<F>().offline();
     if schema.get("$schema").is_none() {
         options = options.with_draft(Draft::Draft7);
     }
@@ -399,11 +415,7 @@ impl RequestValidation {
 
     /// Decode and check the body; for a JSON body that parsers could read
     /// differently, the re-encoded body to send on instead.
-    fn check_body(
-        &self,
-        validator: &Validator,
-        req: &RequestState,
-    ) -> Result<Option<Bytes>, String> {
+    fn check_body(&self, schema: &BodySchema, req: &RequestState) -> Result<Option<Bytes>, String> {
         let kind = Self::body_kind(req)?;
         let raw = req.body.as_deref().unwrap_or_default();
         if raw.is_empty() {
@@ -414,9 +426,17 @@ impl RequestValidation {
         }
         match kind {
             BodyKind::Json => {
+                // The common case: a body the borrowed document vouches
+                // for, valid, goes on as sent. Anything else is decided
+                // (and its error worded) on a `Value`.
+                if let Some(document) = document::parse(raw) {
+                    if schema.borrowed.is_valid(document.root()) {
+                        return Ok(None);
+                    }
+                }
                 let body = json_body::parse(raw)
                     .map_err(|e| truncate(&format!("invalid JSON body: {e}"), MAX_ERROR_LEN))?;
-                if let Some(e) = first_error(validator, &body.value) {
+                if let Some(e) = first_error(&schema.value, &body.value) {
                     return Err(e);
                 }
                 match body.differential {
@@ -428,7 +448,7 @@ impl RequestValidation {
                         }),
                 }
             }
-            BodyKind::Form => first_error(validator, &decode_form(raw)).map_or(Ok(None), Err),
+            BodyKind::Form => first_error(&schema.value, &decode_form(raw)).map_or(Ok(None), Err),
         }
     }
 }
@@ -498,8 +518,8 @@ impl Plugin for RequestValidation {
         if let Err(e) = self.check_params(req) {
             return self.reject(req, e);
         }
-        if let Some(validator) = &self.body_schema {
-            match self.check_body(validator, req) {
+        if let Some(schema) = &self.body_schema {
+            match self.check_body(schema, req) {
                 Err(e) => return self.reject(req, e),
                 Ok(Some(encoded)) => {
                     if req.head.headers.contains_key(http::header::CONTENT_LENGTH) {

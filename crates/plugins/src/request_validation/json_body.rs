@@ -62,19 +62,19 @@ pub(super) fn parse(raw: &[u8]) -> Result<JsonBody, serde_json::Error> {
 }
 
 #[derive(Default)]
-struct Notes {
+pub(super) struct Notes {
     duplicate_key: Cell<bool>,
     /// Numbers seen so far; serde_json visits each number literal once, in
     /// the order of the text.
-    numbers: Cell<usize>,
+    pub(super) numbers: Cell<usize>,
     /// Which of them (counting from 1) was the last that serde_json handed
     /// over as an f64 (a fraction, an exponent, `-0`, an integer beyond
     /// u64/i64); 0 for none. Integers within u64/i64 are read exactly.
-    last_float: Cell<usize>,
+    pub(super) last_float: Cell<usize>,
 }
 
 impl Notes {
-    fn number(&self) {
+    pub(super) fn number(&self) {
         self.numbers.set(self.numbers.get() + 1);
     }
 }
@@ -175,7 +175,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 /// are more than one f64 step apart, so the literal is the shortest text of
 /// its f64, the one serde_json writes. The test is conservative: a 16- or
 /// 17-digit literal that happens to be exact is re-encoded all the same.
-fn numbers_read_exactly(raw: &[u8], last_float: usize) -> bool {
+pub(super) fn numbers_read_exactly(raw: &[u8], last_float: usize) -> bool {
     let mut seen = 0;
     let mut i = 0;
     while let Some(&b) = raw.get(i) {
