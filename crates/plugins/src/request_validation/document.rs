@@ -68,7 +68,11 @@ pub(super) fn parse(raw: &[u8]) -> Option<Document<'_>> {
         open_items: Vec::new(),
         open_members: Vec::new(),
     };
-    let mut de = serde_json::Deserializer::from_slice(raw);
+    // One UTF-8 check of the whole body rather than one per string (what
+    // `from_slice` does): the same texts are refused, since bytes outside
+    // strings must be ASCII JSON anyway.
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let root = EntrySeed(&mut builder).deserialize(&mut de).ok()?;
     de.end().ok()?;
     if notes.last_float.get() > 0 && !json_body::numbers_read_exactly(raw, notes.last_float.get()) {
