@@ -62,7 +62,7 @@ pub(super) fn parse(raw: &[u8]) -> Option<Document<'_>> {
     let notes = Notes::default();
     let mut builder = Builder {
         notes: &notes,
-        // A JSON value takes at least two bytes with its separator.
+        // A first guess, one entry per 16 bytes of body; they grow past it.
         items: Vec::with_capacity(raw.len() / 16),
         members: Vec::with_capacity(raw.len() / 16),
         open_items: Vec::new(),
