@@ -6,7 +6,7 @@
 #                    [--scenario S] [--no-build] [--bin PATH] [--alt-bin PATH] [--keep]
 #
 # Scenarios: bare, routesN (routes10, routes1000, routes10000), key-auth,
-# jwt-hs256, jwt-es256, policy100, limit-count, limit-count-redis, telemetry,
+# jwt-hs256, jwt-es256, policy100, policy100-context, limit-count, limit-count-redis, telemetry,
 # audit, post, validation. Each but bare, post and routes10 also runs its
 # portcullis baseline (bare; post for validation; routes10 for routesN) in the
 # same interleaved run and prints the plugin's cost over it.

@@ -27,6 +27,7 @@ SCENARIOS = {
     "jwt-hs256": "bare",
     "jwt-es256": "bare",
     "policy100": "bare",
+    "policy100-context": "bare",
     "limit-count": "bare",
     "limit-count-redis": "bare",
     "telemetry": "bare",
@@ -130,6 +131,18 @@ def policy100():
             f'&& context.client_ip.isInRange(ip("10.{i}.0.0/16")) }};'
         )
     rules.append('@id("bench-read") permit(principal, action == Action::"GET", resource == Route::"bench");')
+    return "\n".join(rules)
+
+
+def policy100_context():
+    """policy100 with the rule that admits the measured request reading the
+    request's context (client address and a header), so Cedar evaluates
+    every request instead of the plugin reusing a remembered verdict."""
+    rules = policy100().split("\n")[:-1]
+    rules.append(
+        '@id("bench-read") permit(principal, action == Action::"GET", resource == Route::"bench") '
+        'when { context.client_ip.isInRange(ip("127.0.0.0/8")) && !context.headers.hasTag("x-blocked") };'
+    )
     return "\n".join(rules)
 
 
@@ -265,6 +278,9 @@ def portcullis_conf(a):
     elif s == "policy100":
         import json
         plugins = ", plugins: { policy: { policies: %s } }" % json.dumps(policy100())
+    elif s == "policy100-context":
+        import json
+        plugins = ", plugins: { policy: { policies: %s } }" % json.dumps(policy100_context())
     elif s == "validation":
         import json
         plugins = ", plugins: { request-validation: { body_schema: %s } }" % json.dumps(ORDER_SCHEMA)

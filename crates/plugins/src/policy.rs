@@ -43,6 +43,7 @@ use serde_json::{json, Value};
 use crate::context::{parse_conf, BuildContext};
 use crate::registry::PluginSpec;
 
+mod client_ip;
 mod scope;
 mod verdicts;
 use scope::{ScopeIndex, Scoped};
@@ -412,7 +413,7 @@ impl Policy {
                 ),
                 (
                     "client_ip".to_string(),
-                    RestrictedExpression::new_ip(req.client_ip.to_canonical().to_string()),
+                    client_ip::expression(req.client_ip),
                 ),
                 ("method".to_string(), s(req.head.method.as_str())),
                 ("path".to_string(), s(req.path())),
