@@ -293,9 +293,9 @@ impl Policy {
         }
     }
 
-    /// The Cedar request and entities for one HTTP request. The header
-    /// entity is filled only when a policy that may apply reads headers,
-    /// and the context built only when one reads it.
+    /// The Cedar request and entities for one HTTP request. The header and
+    /// path-parameter entities are made only when a policy that may apply
+    /// names them, and the context only when one reads it.
     fn cedar_request(
         &self,
         req: &RequestState,
@@ -359,41 +359,45 @@ impl Policy {
             Context::empty()
         } else {
             let headers = uid(&t.headers, "request");
-            let mut header_tags: BTreeMap<String, String> = BTreeMap::new();
-            for (name, value) in req.head.headers.iter().filter(|_| with_headers) {
-                if let Ok(v) = value.to_str() {
-                    header_tags
-                        .entry(name.as_str().to_string())
-                        .and_modify(|prev| {
-                            prev.push_str(", ");
-                            prev.push_str(v);
-                        })
-                        .or_insert_with(|| v.to_string());
+            if with_headers {
+                let mut header_tags: BTreeMap<String, String> = BTreeMap::new();
+                for (name, value) in req.head.headers.iter() {
+                    if let Ok(v) = value.to_str() {
+                        header_tags
+                            .entry(name.as_str().to_string())
+                            .and_modify(|prev| {
+                                prev.push_str(", ");
+                                prev.push_str(v);
+                            })
+                            .or_insert_with(|| v.to_string());
+                    }
                 }
+                entities.push(
+                    Entity::new_with_tags(
+                        headers.clone(),
+                        [],
+                        [],
+                        header_tags
+                            .into_iter()
+                            .map(|(k, v)| (k, RestrictedExpression::new_string(v))),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
             }
-            entities.push(
-                Entity::new_with_tags(
-                    headers.clone(),
-                    [],
-                    [],
-                    header_tags
-                        .into_iter()
-                        .map(|(k, v)| (k, RestrictedExpression::new_string(v))),
-                )
-                .map_err(|e| e.to_string())?,
-            );
             let params = uid(&t.params, "request");
-            entities.push(
-                Entity::new_with_tags(
-                    params.clone(),
-                    [],
-                    [],
-                    req.path_params
-                        .iter()
-                        .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
-                )
-                .map_err(|e| e.to_string())?,
-            );
+            if scoped.needs_params {
+                entities.push(
+                    Entity::new_with_tags(
+                        params.clone(),
+                        [],
+                        [],
+                        req.path_params
+                            .iter()
+                            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+            }
 
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -19,8 +19,13 @@ use cedar_policy::{ActionConstraint, EntityUid, Policy, PolicySet, ResourceConst
 pub struct Scoped {
     pub policies: PolicySet,
     /// Whether any of them mentions `headers`: the header entity is the
-    /// costly part of a request, and is left empty when nothing reads it.
+    /// costly part of a request, and is left out when nothing reads it.
     pub needs_headers: bool,
+    /// Whether any of them mentions `params`; the path-parameter entity is
+    /// left out otherwise. (The context still names both entities: only
+    /// reading a tag looks an entity up, and only a policy that names one
+    /// reads its tags.)
+    pub needs_params: bool,
     /// Whether any of them mentions `context` at all: when none does, the
     /// decision depends only on the consumer, the action and the route.
     pub needs_context: bool,
@@ -30,12 +35,14 @@ impl Scoped {
     fn of(policies: &[&Policy]) -> Scoped {
         let texts: Vec<String> = policies.iter().map(|p| p.to_string()).collect();
         let needs_headers = texts.iter().any(|t| t.contains("headers"));
+        let needs_params = texts.iter().any(|t| t.contains("params"));
         let needs_context = texts.iter().any(|t| t.contains("context"));
         let set = PolicySet::from_policies(policies.iter().map(|p| (*p).clone()))
             .unwrap_or_else(|_| unreachable!("ids were unique in the whole set"));
         Scoped {
             policies: set,
             needs_headers,
+            needs_params,
             needs_context,
         }
     }
