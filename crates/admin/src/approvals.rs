@@ -247,10 +247,11 @@ fn refuse_own_change(ctx: &Ctx, change: &PendingChange, id: i64) -> Result<(), R
 
 /// Apply the held change to `candidate` and check the whole configuration
 /// it makes (the config may have moved on since the proposal): its
-/// snapshot, or 400 naming the first error, the change's own first.
+/// snapshot (whose `raw` is the candidate), or 400 naming the first error,
+/// the change's own first.
 fn check_with_change(
     admin: &Admin,
-    candidate: &mut RawConfig,
+    mut candidate: RawConfig,
     kind: Kind,
     change: &PendingChange,
 ) -> Result<portcullis_config::Snapshot, Reply> {
@@ -268,7 +269,7 @@ fn check_with_change(
             candidate.remove(kind, &change.resource_id);
         }
     }
-    admin.live.prepare(candidate.clone()).map_err(|errors| {
+    admin.live.prepare(candidate).map_err(|errors| {
         let msg = errors
             .iter()
             .find(|e| e.resource == origin)
@@ -426,13 +427,13 @@ async fn decide_in_etcd(
         if etcd.modified_index(kind, &change.resource_id) != change.base_modified_index {
             return Err(decide_error(DecideError::Stale));
         }
-        let (mut candidate, guard) = etcd.view().map_err(|errors| {
+        let (candidate, guard) = etcd.view().map_err(|errors| {
             Reply::error(
                 400,
                 format!("invalid configuration: etcd holds {}", errors.join("; ")),
             )
         })?;
-        check_with_change(admin, &mut candidate, kind, &change)?;
+        check_with_change(admin, candidate, kind, &change)?;
         match etcd
             .decide(&decided, seen, Some(guard), &author(ctx, "APPROVE"))
             .await
@@ -519,8 +520,8 @@ async fn approve(admin: &Admin, store: &Store, ctx: &Ctx, id: i64) -> Result<Rep
     refuse_own_change(ctx, &change, id)?;
     let kind = Kind::parse(&change.kind).ok_or_else(Reply::not_found)?;
     // Validate again: the config may have moved on since the proposal.
-    let mut candidate = RawConfig::clone(&admin.live.load().raw);
-    let mut snapshot = check_with_change(admin, &mut candidate, kind, &change)?;
+    let candidate = RawConfig::clone(&admin.live.load().raw);
+    let mut snapshot = check_with_change(admin, candidate, kind, &change)?;
     let meta = ChangeMeta::new(ctx.actor.clone(), ctx.client.clone(), "APPROVE");
     let (change, applied) = store
         .approve(id, &meta)
@@ -529,6 +530,7 @@ async fn approve(admin: &Admin, store: &Store, ctx: &Ctx, id: i64) -> Result<Rep
     if let Applied::Put(_) = applied {
         // Serve exactly what is stored (the store adds create/update times).
         if let Some(stored) = store.get(kind, &change.resource_id).map_err(internal)? {
+            let mut candidate = RawConfig::clone(&snapshot.raw);
             candidate.upsert(
                 kind,
                 RawResource {
