@@ -207,10 +207,11 @@ fn decision_of(rec: &DecisionRecord<'_>) -> (&'static str, Option<&'static str>)
 pub fn pending(rec: &DecisionRecord<'_>) -> Pending {
     let r = portcullis_telemetry::global().redaction();
     let (decision, plugin) = decision_of(rec);
-    let ip = portcullis_core::request::ip_text(rec.client_ip);
+    let ip;
     let client = if r.hides(Field::ClientAddr) {
         "[redacted]"
     } else {
+        ip = portcullis_core::request::ip_text(rec.client_ip);
         ip.as_str()
     };
     let texts = [

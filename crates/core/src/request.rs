@@ -134,6 +134,12 @@ fn empty_index() -> Arc<ConsumerIndex> {
 /// whole check, and a worker thread sees the same client request after
 /// request (a keep-alive connection): it remembers the last one it wrote.
 pub fn ip_text(ip: IpAddr) -> String {
+    with_ip_text(ip, str::to_owned)
+}
+
+/// [`ip_text`] lent to `f` instead of copied out. `f` must not ask for an
+/// address's text itself (the remembered text is borrowed while it runs).
+pub fn with_ip_text<R>(ip: IpAddr, f: impl FnOnce(&str) -> R) -> R {
     thread_local! {
         static LAST: std::cell::RefCell<Option<(IpAddr, String)>> =
             const { std::cell::RefCell::new(None) };
@@ -141,12 +147,8 @@ pub fn ip_text(ip: IpAddr) -> String {
     LAST.with(|last| {
         let mut last = last.borrow_mut();
         match &*last {
-            Some((seen, text)) if *seen == ip => text.clone(),
-            _ => {
-                let text = ip.to_string();
-                *last = Some((ip, text.clone()));
-                text
-            }
+            Some((seen, text)) if *seen == ip => f(text),
+            _ => f(&last.insert((ip, ip.to_string())).1),
         }
     })
 }

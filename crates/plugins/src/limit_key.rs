@@ -104,9 +104,9 @@ impl LimitKey {
 }
 
 fn client(req: &RequestState) -> Cow<'static, str> {
-    Cow::Owned(prefixed(
-        "ip:",
-        &portcullis_core::request::ip_text(req.client_ip),
+    Cow::Owned(portcullis_core::request::with_ip_text(
+        req.client_ip,
+        |ip| prefixed("ip:", ip),
     ))
 }
 

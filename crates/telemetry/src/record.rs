@@ -57,8 +57,9 @@ impl Serialize for Out<'_, '_> {
         if r.hides(Field::ClientAddr) {
             m.serialize_field("client_addr", REDACTED)?;
         } else {
-            let client = portcullis_core::request::ip_text(rec.client_ip);
-            m.serialize_field("client_addr", client.as_str())?;
+            portcullis_core::request::with_ip_text(rec.client_ip, |client| {
+                m.serialize_field("client_addr", client)
+            })?;
         }
         m.serialize_field("client_port", &rec.client_port)?;
         m.serialize_field("scheme", rec.scheme)?;
