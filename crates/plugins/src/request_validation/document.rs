@@ -17,7 +17,7 @@
 //! - any parse error (the `Value` path reports it);
 //! - an object naming a key twice, or wider than [`MAX_MEMBERS`] (a wide
 //!   object makes jsonschema's lookups linear scans here);
-//! - a number that [`json_body::numbers_read_exactly`] does not vouch for.
+//! - a number that [`Notes::numbers_exact`] does not vouch for.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -27,7 +27,7 @@ use jsonschema::JsonType;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use super::json_body::{self, Notes};
+use super::json_body::Notes;
 
 /// Members an object may have on the fast path. Duplicate keys are found
 /// by comparing each key with those before it, at most 496 comparisons for
@@ -75,7 +75,7 @@ pub(super) fn parse(raw: &[u8]) -> Option<Document<'_>> {
     let mut de = serde_json::Deserializer::from_str(text);
     let root = EntrySeed(&mut builder).deserialize(&mut de).ok()?;
     de.end().ok()?;
-    if notes.last_float.get() > 0 && !json_body::numbers_read_exactly(raw, notes.last_float.get()) {
+    if !notes.numbers_exact(raw) {
         return None;
     }
     Some(Document {
@@ -147,8 +147,7 @@ impl<'de> Visitor<'de> for EntrySeed<'_, 'de, '_> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Entry<'de>, E> {
-        self.0.notes.number();
-        self.0.notes.last_float.set(self.0.notes.numbers.get());
+        self.0.notes.float();
         // serde_json hands over only finite numbers.
         Number::from_f64(v).map(Entry::Number).ok_or_else(give_up)
     }

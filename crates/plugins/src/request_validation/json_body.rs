@@ -50,7 +50,7 @@ pub(super) fn parse(raw: &[u8]) -> Result<JsonBody, serde_json::Error> {
     de.end()?;
     let differential = if notes.duplicate_key.get() {
         Some(Differential::DuplicateKey)
-    } else if notes.last_float.get() > 0 && !numbers_read_exactly(raw, notes.last_float.get()) {
+    } else if !notes.numbers_exact(raw) {
         Some(Differential::InexactNumber)
     } else {
         None
@@ -66,16 +66,29 @@ pub(super) struct Notes {
     duplicate_key: Cell<bool>,
     /// Numbers seen so far; serde_json visits each number literal once, in
     /// the order of the text.
-    pub(super) numbers: Cell<usize>,
+    numbers: Cell<usize>,
     /// Which of them (counting from 1) was the last that serde_json handed
     /// over as an f64 (a fraction, an exponent, `-0`, an integer beyond
     /// u64/i64); 0 for none. Integers within u64/i64 are read exactly.
-    pub(super) last_float: Cell<usize>,
+    last_float: Cell<usize>,
 }
 
 impl Notes {
+    /// An integer serde_json read exactly.
     pub(super) fn number(&self) {
         self.numbers.set(self.numbers.get() + 1);
+    }
+
+    /// A number serde_json handed over as an f64.
+    pub(super) fn float(&self) {
+        self.number();
+        self.last_float.set(self.numbers.get());
+    }
+
+    /// Whether every number literal of `raw` says exactly what serde_json
+    /// read (see [`numbers_read_exactly`]).
+    pub(super) fn numbers_exact(&self, raw: &[u8]) -> bool {
+        self.last_float.get() == 0 || numbers_read_exactly(raw, self.last_float.get())
     }
 }
 
@@ -115,8 +128,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        self.0.number();
-        self.0.last_float.set(self.0.numbers.get());
+        self.0.float();
         Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
     }
 
@@ -175,7 +187,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 /// are more than one f64 step apart, so the literal is the shortest text of
 /// its f64, the one serde_json writes. The test is conservative: a 16- or
 /// 17-digit literal that happens to be exact is re-encoded all the same.
-pub(super) fn numbers_read_exactly(raw: &[u8], last_float: usize) -> bool {
+fn numbers_read_exactly(raw: &[u8], last_float: usize) -> bool {
     let mut seen = 0;
     let mut i = 0;
     while let Some(&b) = raw.get(i) {
