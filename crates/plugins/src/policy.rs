@@ -302,7 +302,6 @@ impl Policy {
         action: EntityUid,
         scoped: &Scoped,
     ) -> Result<(Request, Entities), String> {
-        let with_headers = scoped.needs_headers;
         let t = types();
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let mut entities = Vec::with_capacity(6);
@@ -359,7 +358,7 @@ impl Policy {
             Context::empty()
         } else {
             let headers = uid(&t.headers, "request");
-            if with_headers {
+            if scoped.needs_headers {
                 let mut header_tags: BTreeMap<String, String> = BTreeMap::new();
                 for (name, value) in req.head.headers.iter() {
                     if let Ok(v) = value.to_str() {
