@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 const ALICE: (&str, &str) = ("X-API-KEY", "alice-admin-key");
 const BOB: (&str, &str) = ("X-API-KEY", "bob-admin-key");
 const AUDITOR: (&str, &str) = ("X-API-KEY", "test-viewer-key");
-const SECRET: &str = "jack-hmac-secret-0123456789";
+pub(crate) const SECRET: &str = "jack-hmac-secret-0123456789";
 
 fn start() -> Gateway {
     let section = default_gateway_section().replace(
@@ -29,7 +29,8 @@ async fn admin(gw: &Gateway, key: (&str, &str), method: &str, path: &str, body: 
     gw.admin_as(key, method, path, body).await
 }
 
-fn jwt() -> String {
+/// A token for consumer jack (also used by etcd_containment).
+pub(crate) fn jwt() -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &json!({"key": "jack", "exp": 4_000_000_000u64}),
@@ -39,8 +40,9 @@ fn jwt() -> String {
 }
 
 /// A complete payment_or_admin_api route; `version` is set as a header on
-/// the way upstream, so a test can tell which version served.
-fn pay_route(version: &str) -> Value {
+/// the way upstream, so a test can tell which version served (also used by
+/// etcd_containment).
+pub(crate) fn pay_route(version: &str) -> Value {
     json!({
         "uri": "/pay/*",
         "labels": {"tier": "payment_or_admin_api"},

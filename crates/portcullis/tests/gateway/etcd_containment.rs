@@ -10,18 +10,18 @@
 
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_etcd::etcd_client;
 use portcullis_test_support::etcd::EtcdServer;
 use portcullis_test_support::gateway::default_gateway_section;
 use portcullis_test_support::{request, wait_for, Gateway, RecordingUpstream, Response};
 use serde_json::{json, Value};
 
+use crate::dual_control::{jwt, pay_route, SECRET};
+
 const OPS: (&str, &str) = ("x-api-key", "test-admin-key");
 const ALICE: (&str, &str) = ("x-api-key", "alice-admin-key");
 const BOB: (&str, &str) = ("x-api-key", "bob-admin-key");
 const VIEWER: (&str, &str) = ("x-api-key", "test-viewer-key");
-const SECRET: &str = "jack-hmac-secret-0123456789";
 
 /// A cluster node with admin keys ops, alice and bob, and a viewer.
 fn node(etcd_endpoint: &str) -> Gateway {
@@ -424,32 +424,6 @@ async fn a_quarantine_by_the_anomaly_detector_applies_on_every_node() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     on_every_node(&nodes, "/orders", "alice-key", 200, Duration::from_secs(5)).await;
-}
-
-fn jwt() -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"key": "jack", "exp": 4_000_000_000u64}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-/// A complete payment_or_admin_api route; `version` goes upstream as a
-/// header, so a test can tell which version served.
-fn pay_route(version: &str) -> Value {
-    json!({
-        "uri": "/pay/*",
-        "labels": {"tier": "payment_or_admin_api"},
-        "upstream_id": "u1",
-        "plugins": {
-            "jwt-auth": {},
-            "consumer-restriction": {"whitelist": ["jack"]},
-            "limit-count": {"count": 1000, "time_window": 60},
-            "request-validation": {"header_schema": {"type": "object"}},
-            "proxy-rewrite": {"headers": {"set": {"x-version": version}}}
-        }
-    })
 }
 
 async fn pay(gw: &Gateway) -> u16 {
