@@ -44,6 +44,7 @@ use crate::context::{parse_conf, BuildContext};
 use crate::registry::PluginSpec;
 
 mod client_ip;
+mod inputs;
 mod scope;
 mod verdicts;
 use scope::{ScopeIndex, Scoped};
@@ -398,13 +399,7 @@ impl Policy {
                 );
             }
 
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let days = now.div_euclid(86_400);
-            // 1970-01-01 was a Thursday (ISO weekday 4).
-            let weekday = (days + 3).rem_euclid(7) + 1;
+            let clock = Clock::now();
             Context::from_pairs([
                 (
                     "headers".to_string(),
@@ -426,14 +421,17 @@ impl Policy {
                     "authenticated".to_string(),
                     RestrictedExpression::new_bool(req.identity.is_some()),
                 ),
-                ("now".to_string(), RestrictedExpression::new_long(now)),
+                (
+                    "now".to_string(),
+                    RestrictedExpression::new_long(clock.unix),
+                ),
                 (
                     "hour_utc".to_string(),
-                    RestrictedExpression::new_long(now.rem_euclid(86_400) / 3600),
+                    RestrictedExpression::new_long(clock.hour_utc),
                 ),
                 (
                     "weekday_utc".to_string(),
-                    RestrictedExpression::new_long(weekday),
+                    RestrictedExpression::new_long(clock.weekday_utc),
                 ),
             ])
             .map_err(|e| e.to_string())?
@@ -444,6 +442,47 @@ impl Policy {
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         Ok((request, entities))
     }
+}
+
+/// The context's clock attributes, read once per request.
+#[derive(Clone, Copy)]
+struct Clock {
+    unix: i64,
+    hour_utc: i64,
+    weekday_utc: i64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let days = unix.div_euclid(86_400);
+        Clock {
+            unix,
+            hour_utc: unix.rem_euclid(86_400) / 3600,
+            // 1970-01-01 was a Thursday (ISO weekday 4).
+            weekday_utc: (days + 3).rem_euclid(7) + 1,
+        }
+    }
+}
+
+/// The `headers` entity's tag `name`, as the context builds it: the
+/// header's values that are text, joined with ", ".
+fn header_tag(req: &RequestState, name: &str) -> Option<String> {
+    let mut joined: Option<String> = None;
+    for value in req.head.headers.get_all(name) {
+        let Ok(v) = value.to_str() else { continue };
+        match &mut joined {
+            Some(prev) => {
+                prev.push_str(", ");
+                prev.push_str(v);
+            }
+            None => joined = Some(v.to_string()),
+        }
+    }
+    joined
 }
 
 fn tags(
@@ -482,17 +521,28 @@ impl Plugin for Policy {
             req.decisions.push(Decision::reject(NAME, reason));
             return Flow::Respond(self.rejection.clone());
         }
-        let verdict = if scoped.needs_context {
-            self.evaluate(req, action, scoped)
-        } else {
-            let consumer = req.identity.as_ref().map(|i| &i.consumer);
-            verdicts::get_or_decide(
-                self.instance,
-                &req.route,
-                consumer,
-                &req.head.method,
-                || self.evaluate(req, action, scoped),
-            )
+        // The context values the policies read, when they can be named and
+        // are small: the verdict is remembered for requests agreeing on them.
+        let inputs = match &scoped.inputs {
+            _ if !scoped.needs_context => Some(Vec::new()),
+            Some(named) => named.read(req),
+            None => None,
+        };
+        let verdict = match inputs {
+            Some(inputs) => {
+                let consumer = req.identity.as_ref().map(|i| &i.consumer);
+                let key = verdicts::Key::new(
+                    self.instance,
+                    &req.route,
+                    consumer,
+                    &req.head.method,
+                    inputs,
+                );
+                verdicts::get_or_decide(key, &req.route, consumer, || {
+                    self.evaluate(req, action, scoped)
+                })
+            }
+            None => self.evaluate(req, action, scoped),
         };
         match verdict {
             Ok(Verdict {
@@ -811,6 +861,59 @@ mod tests {
             authenticated_by: "key-auth",
         });
         assert_eq!(decide(&p, &mut edited).0, Some(403));
+    }
+
+    #[test]
+    fn remembered_verdicts_follow_the_context_values_the_policies_read() {
+        let p = build(
+            NAME,
+            json!({"policies": r#"@id("office") permit(principal, action, resource)
+                when { context.client_ip.isInRange(ip("10.0.0.0/8"))
+                       && !context.headers.hasTag("x-blocked")
+                       && context.params.hasTag("id") && context.params.getTag("id") == "42" };"#}),
+        )
+        .unwrap();
+        let first = request("GET", Some(("jack", None)));
+        // Every request shares the consumer and route values, so only the
+        // context values tell them apart.
+        let decide_with = |ip: &str, blocked: Option<&str>, id: &str| {
+            let mut req = request("GET", None);
+            req.route = first.route.clone();
+            req.identity = first.identity.clone();
+            req.client_ip = ip.parse().unwrap();
+            if let Some(v) = blocked {
+                req.head.headers.append("x-blocked", v.parse().unwrap());
+            }
+            req.path_params = vec![("id".into(), id.into())];
+            decide(&p, &mut req).0
+        };
+        for _ in 0..2 {
+            assert_eq!(decide_with("10.1.2.3", None, "42"), None);
+            assert_eq!(decide_with("10.1.2.3", Some("yes"), "42"), Some(403));
+            assert_eq!(decide_with("192.168.1.1", None, "42"), Some(403));
+            assert_eq!(decide_with("10.9.9.9", None, "43"), Some(403));
+            assert_eq!(decide_with("10.9.9.9", None, "42"), None);
+        }
+    }
+
+    #[test]
+    fn policies_reading_the_context_in_unnamed_ways_are_evaluated_each_time() {
+        let p = build(
+            NAME,
+            json!({"policies": r#"@id("own-path") permit(principal, action, resource)
+                when { context.headers.hasTag(context.host) };"#}),
+        )
+        .unwrap();
+        let first = request("GET", Some(("jack", None)));
+        for (host, expected) in [("x-tenant", None), ("other", Some(403)), ("x-tenant", None)] {
+            let mut req = request("GET", None);
+            req.route = first.route.clone();
+            req.identity = first.identity.clone();
+            req.head
+                .headers
+                .insert(http::header::HOST, host.parse().unwrap());
+            assert_eq!(decide(&p, &mut req).0, expected, "host {host}");
+        }
     }
 
     #[test]

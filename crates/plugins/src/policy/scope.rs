@@ -12,7 +12,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cedar_policy::{ActionConstraint, EntityUid, Policy, PolicySet, ResourceConstraint};
+use cedar_policy::{ActionConstraint, EntityUid, Policy, PolicyId, PolicySet, ResourceConstraint};
+
+use super::inputs::Inputs;
+
+/// Each policy's context inputs, worked out once for all the groups it
+/// lands in (`None`: not understood).
+type InputsById = HashMap<PolicyId, Option<Inputs>>;
 
 /// The policies that can apply to one (action, route), and what building
 /// the request for them needs.
@@ -29,21 +35,33 @@ pub struct Scoped {
     /// Whether any of them mentions `context` at all: when none does, the
     /// decision depends only on the consumer, the action and the route.
     pub needs_context: bool,
+    /// The context values they read, when every one of them can be
+    /// understood ([`super::inputs`]): the verdict is then remembered per
+    /// those values.
+    pub inputs: Option<Inputs>,
 }
 
 impl Scoped {
-    fn of(policies: &[&Policy]) -> Scoped {
+    fn of(policies: &[&Policy], inputs: &InputsById) -> Scoped {
         let texts: Vec<String> = policies.iter().map(|p| p.to_string()).collect();
         let needs_headers = texts.iter().any(|t| t.contains("headers"));
         let needs_params = texts.iter().any(|t| t.contains("params"));
         let needs_context = texts.iter().any(|t| t.contains("context"));
         let set = PolicySet::from_policies(policies.iter().map(|p| (*p).clone()))
             .unwrap_or_else(|_| unreachable!("ids were unique in the whole set"));
+        let mut read = Some(Inputs::default());
+        for p in policies {
+            read = match (read, inputs.get(p.id()).cloned().flatten()) {
+                (Some(all), Some(one)) => Some(all.merge(one)),
+                _ => None,
+            };
+        }
         Scoped {
             policies: set,
             needs_headers,
             needs_params,
             needs_context,
+            inputs: read,
         }
     }
 }
@@ -74,7 +92,11 @@ impl ScopeIndex {
         is_route: impl Fn(&EntityUid) -> bool,
     ) -> ScopeIndex {
         let policies: Vec<&Policy> = set.policies().collect();
-        let all = Arc::new(Scoped::of(&policies));
+        let inputs: InputsById = policies
+            .iter()
+            .map(|p| (p.id().clone(), Inputs::of(p)))
+            .collect();
+        let all = Arc::new(Scoped::of(&policies, &inputs));
         let mut by_action = HashMap::new();
         let mut copies = 0usize;
         for action in actions {
@@ -115,14 +137,14 @@ impl ScopeIndex {
                 .map(|(route, own)| {
                     let mut both = general.clone();
                     both.extend(own);
-                    (route, Arc::new(Scoped::of(&both)))
+                    (route, Arc::new(Scoped::of(&both, &inputs)))
                 })
                 .collect();
             by_action.insert(
                 action.clone(),
                 ActionSets {
                     by_route,
-                    other: Arc::new(Scoped::of(&general)),
+                    other: Arc::new(Scoped::of(&general, &inputs)),
                 },
             );
         }

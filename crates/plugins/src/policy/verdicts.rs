@@ -1,13 +1,17 @@
-//! Decisions that depend only on who calls, what they do and which route:
-//! remembered per worker thread.
+//! Remembered decisions, per worker thread.
 //!
-//! When no policy that can apply to a request mentions `context`, Cedar's
-//! answer is a function of the principal (the consumer: name, group,
-//! labels), the action and the resource (the route: id, name, service,
-//! labels) alone. Those come from the served config as shared values, so the
-//! answer is kept for that exact consumer and route value (both held, so
-//! their addresses cannot be reused by a later config) and this plugin
-//! instance. A config change makes new values, and a miss.
+//! Cedar's answer is a function of the principal (the consumer: name,
+//! group, labels), the action, the resource (the route: id, name, service,
+//! labels) and the context values the applicable policies read (named by
+//! [`super::inputs`]). Principal and resource come from the served config
+//! as shared values, so the answer is kept for that exact consumer and
+//! route value (both held, so their addresses cannot be reused by a later
+//! config), this plugin instance, the method and those context values. A
+//! config change makes new values, and a miss.
+//!
+//! The cache is bounded in entries and each key in bytes
+//! ([`super::inputs`]), so a caller varying what the policies read only
+//! makes misses.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,6 +20,8 @@ use std::sync::Arc;
 
 use portcullis_core::request::RouteInfo;
 use portcullis_core::Consumer;
+
+use super::inputs::Input;
 
 /// Entries per worker thread; the cache starts over when full.
 const CAPACITY: usize = 4096;
@@ -33,7 +39,33 @@ pub struct Verdict {
     pub reason: Arc<str>,
 }
 
-type Key = (u64, usize, usize, http::Method);
+/// What a verdict depends on.
+#[derive(PartialEq, Eq, Hash)]
+pub struct Key {
+    instance: u64,
+    route: usize,
+    consumer: usize,
+    method: http::Method,
+    inputs: Vec<Input>,
+}
+
+impl Key {
+    pub fn new(
+        instance: u64,
+        route: &Arc<RouteInfo>,
+        consumer: Option<&Arc<Consumer>>,
+        method: &http::Method,
+        inputs: Vec<Input>,
+    ) -> Key {
+        Key {
+            instance,
+            route: Arc::as_ptr(route) as usize,
+            consumer: consumer.map_or(0, |c| Arc::as_ptr(c) as usize),
+            method: method.clone(),
+            inputs,
+        }
+    }
+}
 
 struct Entry {
     route: Arc<RouteInfo>,
@@ -45,21 +77,14 @@ thread_local! {
     static CACHE: RefCell<HashMap<Key, Entry>> = RefCell::new(HashMap::new());
 }
 
-/// The remembered verdict, or `decide`'s (remembered when it could be
-/// made).
+/// The remembered verdict for `key` (made with these `route` and
+/// `consumer` values), or `decide`'s (remembered when it could be made).
 pub fn get_or_decide<E>(
-    instance: u64,
+    key: Key,
     route: &Arc<RouteInfo>,
     consumer: Option<&Arc<Consumer>>,
-    method: &http::Method,
     decide: impl FnOnce() -> Result<Verdict, E>,
 ) -> Result<Verdict, E> {
-    let key = (
-        instance,
-        Arc::as_ptr(route) as usize,
-        consumer.map_or(0, |c| Arc::as_ptr(c) as usize),
-        method.clone(),
-    );
     let hit = CACHE.with(|c| {
         c.borrow().get(&key).and_then(|e| {
             let same = Arc::ptr_eq(&e.route, route)
