@@ -3,13 +3,18 @@
 # run, interleaved, on loopback. See docs/benchmarks.md.
 #
 #   bench/compare.sh [--rounds N] [--duration S] [--connections C] [--threads T]
-#                    [--scenario S] [--no-build] [--bin PATH] [--alt-bin PATH] [--keep]
+#                    [--scenario S] [--no-build] [--bin PATH] [--alt-bin PATH]
+#                    [--floor | --floor-bin PATH] [--keep]
 #
 # Scenarios: bare, routesN (routes10, routes1000, routes10000), key-auth,
 # jwt-hs256, jwt-es256, policy100, policy100-context, limit-count, limit-count-redis, telemetry,
 # audit, post, validation. Each but bare, post and routes10 also runs its
 # portcullis baseline (bare; post for validation; routes10 for routesN) in the
 # same interleaved run and prints the plugin's cost over it.
+#
+# --floor also runs bench/floor, a minimal proxy of the gateway's own crates
+# (hyper, tokio, mimalloc) with none of the gateway: the least a proxy built
+# on them can cost (docs/benchmarks.md, "The floor").
 #
 # Layout (2+ CPUs): each proxy pinned to CPU 0 (one worker each), the upstream
 # (nginx, fixed 1 KiB body), Redis (limit-count-redis) and wrk share CPU 1.
@@ -18,8 +23,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
 
-rounds=3 duration=10 connections=50 threads=1 scenario=bare build=1 keep=0 bin= alt_bin=
-usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+rounds=3 duration=10 connections=50 threads=1 scenario=bare build=1 keep=0 bin= alt_bin= floor=0 floor_bin=
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -30,6 +35,8 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --bin) bin=$2; build=0; shift 2 ;;
     --alt-bin) alt_bin=$2; shift 2 ;;
+    --floor) floor=1; shift ;;
+    --floor-bin) floor=1; floor_bin=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; usage 2 ;;
@@ -59,12 +66,18 @@ if [ "$build" -eq 1 ]; then
   (cd "$ROOT" && cargo build --release -p portcullis)
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
+if [ "$floor" -eq 1 ] && [ -z "$floor_bin" ]; then
+  say "cargo build --release --manifest-path bench/floor/Cargo.toml"
+  (cd "$ROOT" && cargo build --release --manifest-path bench/floor/Cargo.toml --target-dir "$target_dir/floor")
+  floor_bin=$target_dir/floor/release/floor
+fi
+[ "$floor" -eq 0 ] || [ -x "$floor_bin" ] || die "$floor_bin not found"
 
 # --- processes and clean-up (lib.sh: stopped on exit, $work removed unless --keep)
 make_work_dir
 
 # --- start everything ----------------------------------------------------------
-read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics a_port a_admin a_metrics redis_port <<<"$(free_ports 12)"
+read -r up_port ng_port pc_port pc_admin pc_metrics b_port b_admin b_metrics a_port a_admin a_metrics redis_port f_port <<<"$(free_ports 13)"
 path=/bench/item
 # What wrk sends besides GET $path: headers (-H ...) or a POST script (-s ...).
 scenario_client_args "$scenario"
@@ -125,6 +138,16 @@ if [ -n "$alt_bin" ]; then
   targets+=(portcullis-alt)
   port_of[portcullis-alt]=$a_port
   pid_of[portcullis-alt]=$a_pid
+fi
+
+if [ "$floor" -eq 1 ]; then
+  say "floor ($floor_bin) on :$f_port (CPU 0)"
+  start_pinned 0 "floor" -- "$floor_bin" --listen "127.0.0.1:$f_port" --upstream "127.0.0.1:$up_port"
+  f_pid=$started_pid
+  wait_port "$f_port" "$f_pid" "floor"
+  targets+=(floor)
+  port_of[floor]=$f_port
+  pid_of[floor]=$f_pid
 fi
 
 # Every proxy must answer the measured request with 200 before we measure.

@@ -5,7 +5,7 @@
 # docs/benchmarks.md ("Instructions per request").
 #
 #   bench/profile.sh [--scenario S] [--requests N] [--top K] [--no-build]
-#                    [--bin PATH] [--keep]
+#                    [--bin PATH] [--floor | --floor-bin PATH] [--keep]
 #
 # Counts are of user-space instructions in every portcullis thread (workers,
 # audit and log writers), not seconds: the same build and inputs give the
@@ -14,6 +14,9 @@
 # (loopback TCP, about 60% of a proxied request's CPU) is not counted, so the
 # ratios here overstate a plugin's share of a real request's CPU. Builds the
 # `profiling` profile (thin LTO, line tables) unless --bin is given.
+#
+# --floor also counts nginx and bench/floor (the gateway's crates with none
+# of the gateway; docs/benchmarks.md, "The floor") on the same requests.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,8 +25,8 @@ BENCH_NAME=profile.sh
 # shellcheck source=bench/lib.sh
 . "$BENCH/lib.sh"
 
-scenario=bare requests=2000 top=25 build=1 bin=
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+scenario=bare requests=2000 top=25 build=1 bin= floor=0 floor_bin=
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --scenario) scenario=$2; shift 2 ;;
@@ -31,6 +34,8 @@ while [ $# -gt 0 ]; do
     --top) top=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --bin) bin=$2; build=0; shift 2 ;;
+    --floor) floor=1; shift ;;
+    --floor-bin) floor=1; floor_bin=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "$BENCH_NAME: unknown argument $1" >&2; usage 2 ;;
@@ -48,6 +53,12 @@ if [ "$build" -eq 1 ]; then
   (cd "$ROOT" && cargo build --profile profiling -p portcullis)
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
+if [ "$floor" -eq 1 ] && [ -z "$floor_bin" ]; then
+  say "cargo build --profile profiling --manifest-path bench/floor/Cargo.toml"
+  (cd "$ROOT" && cargo build --profile profiling --manifest-path bench/floor/Cargo.toml --target-dir "$(target_dir "$ROOT")/floor")
+  floor_bin=$(target_dir "$ROOT")/floor/profiling/floor
+fi
+[ "$floor" -eq 0 ] || [ -x "$floor_bin" ] || die "$floor_bin not found"
 
 make_work_dir
 read -r up_port redis_port <<<"$(free_ports 2)"
@@ -70,16 +81,14 @@ curl_many() {
   curl -s -o /dev/null -w '%{http_code}\n' "${curl_args[@]}" "${urls[@]}" | grep -c '^200$' || true
 }
 
-# measure NAME SCENARIO — instructions per request of portcullis on SCENARIO.
 declare -A per_request
-measure() {
-  local name=$1 s=$2 port admin metrics pid ok total
-  read -r port admin metrics <<<"$(free_ports 3)"
-  python3 "$BENCH/gen.py" portcullis "$work/$name.yaml" --work "$work" --port "$port" \
-    --upstream "$up_port" --admin "$admin" --metrics "$metrics" --redis "$redis_port" --scenario "$s"
-  say "$name: portcullis under callgrind on :$port (scenario $s)"
+# count NAME PORT -- CMD... — instructions per request of CMD (a proxy
+# listening on PORT) under callgrind, into per_request[NAME].
+count() {
+  local name=$1 port=$2 pid ok total
+  shift 3
   start_pinned 0 "$name" -- valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$work/callgrind.$name" "$BIN" serve --config "$work/$name.yaml"
+    --callgrind-out-file="$work/callgrind.$name" "$@"
   pid=$started_pid
   wait_port "$port" "$pid" "$name"
   callgrind_control -i on "$pid" >/dev/null
@@ -104,13 +113,39 @@ measure() {
   say "$name: $((total / requests)) instructions per request"
 }
 
+# measure NAME SCENARIO — instructions per request of portcullis on SCENARIO.
+measure() {
+  local name=$1 s=$2 port admin metrics
+  read -r port admin metrics <<<"$(free_ports 3)"
+  python3 "$BENCH/gen.py" portcullis "$work/$name.yaml" --work "$work" --port "$port" \
+    --upstream "$up_port" --admin "$admin" --metrics "$metrics" --redis "$redis_port" --scenario "$s"
+  say "$name: portcullis under callgrind on :$port (scenario $s)"
+  count "$name" "$port" -- "$BIN" serve --config "$work/$name.yaml"
+}
+
 measure "$scenario" "$scenario"
 if [ -n "$baseline" ]; then measure "$baseline" "$baseline"; fi
+if [ "$floor" -eq 1 ]; then
+  # The same requests through nginx (one process: no master to follow) and
+  # through bench/floor, the gateway's crates with none of the gateway.
+  read -r ng_port f_port <<<"$(free_ports 2)"
+  python3 "$BENCH/gen.py" nginx "$work/nginx.conf" --work "$work" --port "$ng_port" --upstream "$up_port" --scenario bare
+  printf 'master_process off;\n' >>"$work/nginx.conf"
+  say "nginx under callgrind on :$ng_port"
+  count nginx "$ng_port" -- "$NGINX" -p "$work" -c "$work/nginx.conf" -e "$work/nginx.error.log"
+  say "floor under callgrind on :$f_port"
+  count floor "$f_port" -- "$floor_bin" --listen "127.0.0.1:$f_port" --upstream "127.0.0.1:$up_port"
+fi
 
 echo
 echo "scenario $scenario, $requests requests on one keep-alive connection"
 printf '%-20s %14s\n' portcullis instr/request
 printf '%-20s %14s\n' "$scenario" "${per_request[$scenario]}"
+if [ "$floor" -eq 1 ]; then
+  printf '%-20s %14s\n' "floor" "${per_request[floor]}" "nginx" "${per_request[nginx]}"
+  python3 -c 'import sys; s, p, f, n = sys.argv[1:]; p, f, n = int(p), int(f), int(n); print(f"ratio {s}/floor: {p / f:.3f}x, floor/nginx: {f / n:.3f}x, {s}/nginx: {p / n:.3f}x")' \
+    "$scenario" "${per_request[$scenario]}" "${per_request[floor]}" "${per_request[nginx]}"
+fi
 if [ -n "$baseline" ]; then
   printf '%-20s %14s\n' "$baseline" "${per_request[$baseline]}"
   python3 -c 'import sys; s, b, x, y = sys.argv[1:]; x, y = int(x), int(y); print(f"ratio {s}/{b}: {x / y:.3f}x ({x - y:+d} instructions per request)")' \

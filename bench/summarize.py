@@ -110,6 +110,11 @@ def main():
               f"{fmt(ratio(med('portcullis', 'cpu_us_per_req'), med(base, 'cpu_us_per_req')), '.2f')}x, p99 "
               f"{fmt(ratio(med('portcullis', 'p99_ms'), med(base, 'p99_ms')), '.2f')}x, peak RSS "
               f"{fmt(ratio(mem.get('portcullis'), mem.get(base)), '.2f')}x")
+    if "floor" in rows and "portcullis" in rows:
+        a, b = "portcullis", "floor"
+        print(f"portcullis/floor: req/s {fmt(ratio(med(a, 'rps'), med(b, 'rps')), '.2f')}x, "
+              f"CPU/req {fmt(ratio(med(a, 'cpu_us_per_req'), med(b, 'cpu_us_per_req')), '.2f')}x, "
+              f"p99 {fmt(ratio(med(a, 'p99_ms'), med(b, 'p99_ms')), '.2f')}x")
     if "portcullis-alt" in rows and "portcullis" in rows:
         a, b = "portcullis-alt", "portcullis"
         print(f"portcullis-alt/portcullis: req/s {fmt(ratio(med(a, 'rps'), med(b, 'rps')), '.2f')}x, "
