@@ -71,10 +71,18 @@ pub struct Forwarded<'a> {
     pub trust_inbound: bool,
 }
 
+// Names made at compile time: a `&str` name or `from_static` outside a
+// const is parsed again on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
 /// X-Real-IP, X-Forwarded-For (appended), -Proto, -Host, -Port, as
 /// APISIX's nginx template sets them.
 pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
-    let xff = match headers.get("x-forwarded-for").map(|v| v.as_bytes()) {
+    let xff = match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
         Some(prev) if !prev.is_empty() => {
             let mut joined = Vec::with_capacity(prev.len() + 2 + f.client_ip.len());
             joined.extend_from_slice(prev);
@@ -85,26 +93,24 @@ pub fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>) {
         _ => Some(f.client_ip.clone()),
     };
     if let Some(v) = xff {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(HeaderName::from_static("x-real-ip"), f.client_ip.clone());
-    let keep = |headers: &HeaderMap, name: &str| f.trust_inbound && headers.contains_key(name);
-    if !keep(headers, "x-forwarded-proto") {
+    headers.insert(X_REAL_IP, f.client_ip.clone());
+    let keep =
+        |headers: &HeaderMap, name: &HeaderName| f.trust_inbound && headers.contains_key(name);
+    if !keep(headers, &X_FORWARDED_PROTO) {
         headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if f.scheme == "https" { "https" } else { "http" }),
         );
     }
-    if !keep(headers, "x-forwarded-host") {
+    if !keep(headers, &X_FORWARDED_HOST) {
         if let Some(v) = &f.host {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), v.clone());
+            headers.insert(X_FORWARDED_HOST, v.clone());
         }
     }
-    if !keep(headers, "x-forwarded-port") {
-        headers.insert(
-            HeaderName::from_static("x-forwarded-port"),
-            f.server_port.clone(),
-        );
+    if !keep(headers, &X_FORWARDED_PORT) {
+        headers.insert(X_FORWARDED_PORT, f.server_port.clone());
     }
 }
 
