@@ -273,8 +273,7 @@ impl Policy {
             ))
         })
         .collect::<HashMap<_, _>>();
-        let action_uids: Vec<EntityUid> = actions.values().cloned().collect();
-        let scopes = ScopeIndex::build(&policies, &action_uids, |u| u.type_name() == &t.route);
+        let scopes = ScopeIndex::build(&policies, &actions, |u| u.type_name() == &t.route);
         Ok(Policy {
             scopes,
             authorizer: Authorizer::new(),
@@ -510,8 +509,7 @@ impl Plugin for Policy {
     }
 
     fn on_request(&self, req: &mut RequestState) -> Flow {
-        let action = self.action_of(&req.head.method);
-        let scoped = self.scopes.select(&action, &req.route.id);
+        let scoped = self.scopes.select(&req.head.method, &req.route.id);
         if scoped.policies.policies().next().is_none() {
             // Nothing can permit: denied without building a request.
             let reason = format!(
@@ -539,10 +537,10 @@ impl Plugin for Policy {
                     inputs,
                 );
                 verdicts::get_or_decide(key, &req.route, consumer, || {
-                    self.evaluate(req, action, scoped)
+                    self.evaluate(req, self.action_of(&req.head.method), scoped)
                 })
             }
-            None => self.evaluate(req, action, scoped),
+            None => self.evaluate(req, self.action_of(&req.head.method), scoped),
         };
         match verdict {
             Ok(Verdict {

@@ -71,9 +71,10 @@ impl Scoped {
 const MAX_COPIES: usize = 100_000;
 
 /// For each action, a set per route some policy names, and one for every
-/// other route.
+/// other route. Actions are looked up by HTTP method, which hashes far
+/// more cheaply than a Cedar entity id.
 pub struct ScopeIndex {
-    by_action: HashMap<EntityUid, ActionSets>,
+    by_action: HashMap<http::Method, ActionSets>,
     /// Methods no policy's scope can name get everything (Cedar decides).
     all: Arc<Scoped>,
 }
@@ -84,11 +85,11 @@ struct ActionSets {
 }
 
 impl ScopeIndex {
-    /// `actions`: every action the schema declares; `is_route` tells a route
-    /// entity from others.
+    /// `actions`: every action the schema declares, by the method it
+    /// stands for; `is_route` tells a route entity from others.
     pub fn build(
         set: &PolicySet,
-        actions: &[EntityUid],
+        actions: &HashMap<http::Method, EntityUid>,
         is_route: impl Fn(&EntityUid) -> bool,
     ) -> ScopeIndex {
         let policies: Vec<&Policy> = set.policies().collect();
@@ -99,7 +100,7 @@ impl ScopeIndex {
         let all = Arc::new(Scoped::of(&policies, &inputs));
         let mut by_action = HashMap::new();
         let mut copies = 0usize;
-        for action in actions {
+        for (method, action) in actions {
             let applies: Vec<&Policy> = policies
                 .iter()
                 .copied()
@@ -141,7 +142,7 @@ impl ScopeIndex {
                 })
                 .collect();
             by_action.insert(
-                action.clone(),
+                method.clone(),
                 ActionSets {
                     by_route,
                     other: Arc::new(Scoped::of(&general, &inputs)),
@@ -151,9 +152,9 @@ impl ScopeIndex {
         ScopeIndex { by_action, all }
     }
 
-    /// The policies that can apply to `action` on route `route_id`.
-    pub fn select(&self, action: &EntityUid, route_id: &str) -> &Scoped {
-        match self.by_action.get(action) {
+    /// The policies that can apply to `method` on route `route_id`.
+    pub fn select(&self, method: &http::Method, route_id: &str) -> &Scoped {
+        match self.by_action.get(method) {
             Some(sets) => sets.by_route.get(route_id).unwrap_or(&sets.other),
             None => &self.all,
         }
