@@ -17,6 +17,9 @@ use crate::context::{parse_conf, BuildContext};
 use crate::ip_restriction::{contains, parse_list};
 use crate::registry::PluginSpec;
 
+/// Made at compile time, not parsed on every request.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 pub const SPEC: PluginSpec = PluginSpec {
     name: "real-ip",
     phase: Phase::Rewrite,
@@ -101,7 +104,7 @@ impl RealIp {
     fn address<'r>(&self, req: &'r RequestState) -> Option<std::borrow::Cow<'r, str>> {
         let name = match &self.source {
             Source::Var(name) => return req.var(name),
-            Source::ForwardedFor => http::HeaderName::from_static("x-forwarded-for"),
+            Source::ForwardedFor => X_FORWARDED_FOR,
         };
         // The last X-Forwarded-For line, as APISIX reads it.
         let line = req
