@@ -67,9 +67,7 @@ if [ "$build" -eq 1 ]; then
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
 if [ "$floor" -eq 1 ] && [ -z "$floor_bin" ]; then
-  say "cargo build --release --manifest-path bench/floor/Cargo.toml"
-  (cd "$ROOT" && cargo build --release --manifest-path bench/floor/Cargo.toml --target-dir "$target_dir/floor")
-  floor_bin=$target_dir/floor/release/floor
+  floor_bin=$(build_floor "$ROOT" release)
 fi
 [ "$floor" -eq 0 ] || [ -x "$floor_bin" ] || die "$floor_bin not found"
 

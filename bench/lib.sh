@@ -30,6 +30,16 @@ install_missing() {
   "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
 }
 
+# build_floor ROOT PROFILE — build bench/floor (its own Cargo project, in
+# the workspace's target directory under floor/) and print its path.
+build_floor() {
+  local dir
+  dir="$(target_dir "$1")/floor"
+  say "cargo build --profile $2 --manifest-path bench/floor/Cargo.toml"
+  (cd "$1" && cargo build --profile "$2" --manifest-path bench/floor/Cargo.toml --target-dir "$dir") >&2
+  echo "$dir/$2/floor"
+}
+
 # The cargo target directory of the workspace at $1.
 target_dir() {
   local dir

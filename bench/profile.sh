@@ -54,9 +54,7 @@ if [ "$build" -eq 1 ]; then
 fi
 [ -x "$BIN" ] || die "$BIN not found (build it, or drop --no-build)"
 if [ "$floor" -eq 1 ] && [ -z "$floor_bin" ]; then
-  say "cargo build --profile profiling --manifest-path bench/floor/Cargo.toml"
-  (cd "$ROOT" && cargo build --profile profiling --manifest-path bench/floor/Cargo.toml --target-dir "$(target_dir "$ROOT")/floor")
-  floor_bin=$(target_dir "$ROOT")/floor/profiling/floor
+  floor_bin=$(build_floor "$ROOT" profiling)
 fi
 [ "$floor" -eq 0 ] || [ -x "$floor_bin" ] || die "$floor_bin not found"
 
