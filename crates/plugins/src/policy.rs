@@ -536,11 +536,9 @@ impl Plugin for Policy {
                     &req.head.method,
                     inputs,
                 );
-                verdicts::get_or_decide(key, &req.route, consumer, || {
-                    self.evaluate(req, self.action_of(&req.head.method), scoped)
-                })
+                verdicts::get_or_decide(key, &req.route, consumer, || self.evaluate(req, scoped))
             }
-            None => self.evaluate(req, self.action_of(&req.head.method), scoped),
+            None => self.evaluate(req, scoped),
         };
         match verdict {
             Ok(Verdict {
@@ -575,12 +573,8 @@ impl Plugin for Policy {
 
 impl Policy {
     /// Ask Cedar, with the policies that can apply.
-    fn evaluate(
-        &self,
-        req: &RequestState,
-        action: EntityUid,
-        scoped: &Scoped,
-    ) -> Result<Verdict, String> {
+    fn evaluate(&self, req: &RequestState, scoped: &Scoped) -> Result<Verdict, String> {
+        let action = self.action_of(&req.head.method);
         let (request, entities) = self.cedar_request(req, action, scoped)?;
         let response = self
             .authorizer
